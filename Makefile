@@ -1,0 +1,21 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PQ = $(VENV)/bin/pqorder
+
+.PHONY: setup demo test lint bench clean-cache
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PQ) grid
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: setup
+	$(VENV)/bin/python benchmarks/perplexity.py

@@ -1,0 +1,223 @@
+"""The ``pqorder`` command line: prepare, methods, compress, eval, grid."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pqorder.errors import ConfigError, PqorderError
+
+app = typer.Typer(
+    help="Joint model compression where the order of methods is measured and optimized.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m), directory or hub id.")
+]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="Evaluation text: austen:<novel>, pydoc, file:PATH, ...")
+]
+SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
+MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
+BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
+PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
+
+
+def main() -> None:
+    """Entry point: PqorderError becomes one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PqorderError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _protocol(data: str, seqlen: int, max_tokens: int, batch_size: int):
+    from pqorder.eval.perplexity import PerplexityProtocol
+
+    protocol = PerplexityProtocol(data, seqlen, max_tokens or None, batch_size)
+    protocol.validate()
+    return protocol
+
+
+@app.command()
+def prepare() -> None:
+    """Fetch and cache the offline assets: Austen novels and the fp32 SmolLM2 checkpoint."""
+    from pqorder.data.austen import fetch_austen
+    from pqorder.models.smollm2 import prepare_checkpoint
+
+    console.print(f"austen novels : {fetch_austen()}")
+    console.print(f"smollm2-135m  : {prepare_checkpoint()}")
+
+
+@app.command()
+def methods() -> None:
+    """List every compression method with its parameters, defaults and granularity."""
+    from pqorder.methods import REGISTRY
+
+    table = Table("method", "family", "parameters (default)", "granularity", "what it does")
+    for name, cls in sorted(REGISTRY.items()):
+        params = ", ".join(
+            f"{key}={field.default}" for key, field in cls.Config.model_fields.items()
+        )
+        table.add_row(name, cls.family, params, cls.granularities, cls.summary)
+    console.print(table)
+
+
+@app.command()
+def compress(
+    model: ModelOpt = "smollm2-135m",
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            help="'rtn:bits=4,group=128 > magnitude:ratio=0.3' or a .yaml recipe.",
+        ),
+    ] = ...,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (written atomically).")
+    ] = ...,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Report perplexity after.")
+    ] = True,
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+) -> None:
+    """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
+    from pqorder.artifacts import check_output_dir, save_compressed
+    from pqorder.eval.perplexity import evaluate_perplexity
+    from pqorder.models.loading import load_model
+    from pqorder.pipeline import resolve_pipeline, run_pipeline
+
+    pipe = resolve_pipeline(pipeline)
+    protocol = _protocol(data, seqlen, max_tokens, batch_size)
+    check_output_dir(out, overwrite)
+    lm = load_model(model)
+    result = run_pipeline(lm, pipe)
+    record = {
+        "model": model,
+        "pipeline": pipe.to_text(),
+        "steps": [r.to_dict() for r in result.records],
+        "seconds": result.seconds,
+    }
+    table = Table("step", "granularity", "units", "sparsity", "bits", "seconds")
+    for r in result.records:
+        table.add_row(
+            r.step,
+            r.granularity,
+            str(r.units),
+            f"{r.sparsity:.4f}",
+            str(r.bits or "-"),
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    if evaluate:
+        ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol)
+        record["perplexity"] = ppl.to_dict()
+        console.print(f"perplexity {ppl.perplexity:.3f}  ({_describe(ppl)})")
+    console.print(f"saved to {save_compressed(lm, out, record, overwrite)}")
+    if lm.caveat:
+        console.print(f"[yellow]note:[/] {lm.caveat}")
+
+
+def _describe(result) -> str:
+    p = result.protocol
+    return f"{p.dataset}, seqlen {p.seqlen}, {result.tokens} tokens in {result.windows} windows"
+
+
+@app.command("eval")
+def eval_(
+    model: ModelOpt = "smollm2-135m",
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Perplexity of a model (alias, hub id, or a pqorder output directory)."""
+    from pqorder.eval.perplexity import evaluate_perplexity
+    from pqorder.models.loading import load_model
+
+    protocol = _protocol(data, seqlen, max_tokens, batch_size)
+    lm = load_model(model)
+    result = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"model": model, **result.to_dict()}, indent=2))
+    else:
+        console.print(f"{model}: perplexity {result.perplexity:.3f}  ({_describe(result)})")
+
+
+@app.command()
+def grid(
+    model: ModelOpt = "smollm2-135m",
+    prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
+    quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write results here.")
+    ] = None,
+) -> None:
+    """Both orders of every pruning × quantization pair: perplexity and order advantage."""
+    from pqorder.models.loading import load_model
+    from pqorder.orders import order_grid
+    from pqorder.pipeline import parse_step
+
+    prune_steps = [parse_step(s) for s in prune or ["magnitude:ratio=0.1", "magnitude:ratio=0.25"]]
+    quant_steps = [parse_step(s) for s in quant or ["rtn:bits=4,group=128", "rtn:bits=3,group=128"]]
+    for steps, family in ((prune_steps, "prune"), (quant_steps, "quantize")):
+        for s in steps:
+            if s.method.family != family:
+                raise ConfigError(f"{s.to_text()} is a {s.method.family} step, not {family}")
+    protocol = _protocol(data, seqlen, max_tokens, batch_size)
+    lm = load_model(model)
+    result = order_grid(lm, prune_steps, quant_steps, protocol)
+    table = Table(
+        "prune P",
+        "quant Q",
+        "P alone",
+        "Q alone",
+        "P→Q",
+        "Q→P",
+        "A(Q→P)",
+        "better order",
+        title=f"{model}: perplexity (lower is better); dense {result.dense:.2f}",
+    )
+    for r in result.pairs:
+        a = r.advantage_q_first
+        table.add_row(
+            r.prune,
+            r.quant,
+            f"{r.prune_alone:.2f}",
+            f"{r.quant_alone:.2f}",
+            f"{r.prune_then_quant:.2f}",
+            f"{r.quant_then_prune:.2f}",
+            f"{a:+.2f}",
+            "Q→P" if a > 0 else "P→Q" if a < 0 else "tie",
+        )
+    console.print(table)
+    console.print(
+        f"protocol: {protocol.dataset}, seqlen {protocol.seqlen}, "
+        f"max {protocol.max_tokens} tokens; A(Q→P) = ppl(P→Q) − ppl(Q→P)"
+    )
+    if lm.caveat:
+        console.print(f"[yellow]note:[/] {lm.caveat}")
+    if json_out:
+        doc = {"model": model, "dense": result.dense, "pairs": [p.to_dict() for p in result.pairs]}
+        json_out.write_text(json.dumps(doc, indent=2))

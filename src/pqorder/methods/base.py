@@ -1,0 +1,88 @@
+"""What every compression method is: a typed config, a family, a granularity, a unit step.
+
+A method sees one unit (a Linear weight as (out, in)) plus that unit's constraint from the
+composition state and returns the new weight and the tighter constraint; the walk over units
+lives once, in ``pqorder.engine``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from pqorder.errors import ConfigError
+from pqorder.state import UnitConstraint
+
+Family = Literal["prune", "quantize"]
+
+
+class MethodConfig(BaseModel):
+    """Frozen, strictly validated method settings (unknown keys are errors)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Method(ABC):
+    """One compression method; subclasses register with ``@register``."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    summary: ClassVar[str]
+    granularities: ClassVar[str]  # the units it can act on, for `pqorder methods`
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    @property
+    @abstractmethod
+    def granularity(self) -> str:
+        """The smallest structural unit the method acts on (element, N:M group, q-group, ...)."""
+
+    def check_unit(self, name: str, shape: tuple[int, int]) -> None:  # noqa: B027
+        """Raise ConfigError if the method cannot handle this unit (called before any work)."""
+
+    @abstractmethod
+    def compress_unit(self, w: Tensor, constraint: UnitConstraint) -> tuple[Tensor, UnitConstraint]:
+        """Compress one (out, in) weight within ``constraint``; return weight and new constraint."""
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry; duplicate names fail loudly."""
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"method '{cls.name}' registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise ConfigError(
+            f"unknown method '{name}' (known: {', '.join(sorted(REGISTRY))}); see `pqorder methods`"
+        )
+    return REGISTRY[name]
+
+
+def build_config(method: type[Method], params: dict[str, Any]) -> MethodConfig:
+    """Validate raw parameters into the method's config with one-line, specific errors."""
+    from pydantic import ValidationError
+
+    known = list(method.Config.model_fields)
+    for key in params:
+        if key not in known:
+            raise ConfigError(
+                f"{method.name}: unknown parameter '{key}' (known: {', '.join(known)})"
+            )
+    try:
+        return method.Config(**params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{method.name}: {where}: {msg}") from None

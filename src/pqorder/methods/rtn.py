@@ -1,0 +1,51 @@
+"""Round-to-nearest weight quantization: min-max grid per channel or per group."""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+from torch import Tensor
+
+from pqorder.grid import fit_grid
+from pqorder.methods.base import Method, MethodConfig, register
+from pqorder.state import UnitConstraint
+
+
+class QuantConfig(MethodConfig):
+    """``bits`` 2..8; ``group`` input features per scale (0 = per output channel); ``sym``."""
+
+    bits: int = 4
+    group: int = 0
+    sym: bool = False
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_range(cls, v: int) -> int:
+        if not 2 <= v <= 8:
+            raise ValueError(f"unsupported bit-width {v}; use 2 to 8")
+        return v
+
+    @field_validator("group")
+    @classmethod
+    def _group_size(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"group size must be 0 (per-channel) or positive, got {v}")
+        return v
+
+
+@register
+class RTN(Method):
+    name = "rtn"
+    family = "quantize"
+    granularities = "output channel or group"
+    summary = "round-to-nearest weight quantization (min-max, asymmetric or symmetric)"
+    Config = QuantConfig
+
+    @property
+    def granularity(self) -> str:
+        return f"group of {self.config.group}" if self.config.group else "output channel"
+
+    def compress_unit(self, w: Tensor, constraint: UnitConstraint) -> tuple[Tensor, UnitConstraint]:
+        cfg = self.config
+        grid = fit_grid(w, cfg.bits, cfg.group, cfg.sym, mask=constraint.mask)
+        new = UnitConstraint(mask=constraint.mask, grid=grid)
+        return new.project(w), new

@@ -1,0 +1,148 @@
+"""Pipelines: an ordered list of steps, as text (``a:k=v > b:k=v``) or a YAML recipe.
+
+Order is data: the pipeline is a tuple of (method, config) steps, parsed and validated up
+front; ``run_pipeline`` applies them in that order through the one engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pqorder.engine import StepRecord, apply_step, check_pipeline
+from pqorder.errors import ConfigError
+from pqorder.methods import get_method
+from pqorder.methods.base import Method, build_config
+
+STEP_SEPARATOR = ">"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One method with its validated settings."""
+
+    method: Method
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    def to_text(self) -> str:
+        params = self.method.config.model_dump(exclude_defaults=True)
+        body = ",".join(f"{k}={_format(v)}" for k, v in params.items())
+        return f"{self.name}:{body}" if body else self.name
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    steps: tuple[Step, ...]
+
+    def to_text(self) -> str:
+        return f" {STEP_SEPARATOR} ".join(step.to_text() for step in self.steps)
+
+    def to_yaml(self) -> str:
+        recipe = [{s.name: s.method.config.model_dump(exclude_defaults=True)} for s in self.steps]
+        return yaml.safe_dump({"pipeline": recipe}, sort_keys=False)
+
+    def __add__(self, other: Pipeline) -> Pipeline:
+        return Pipeline(self.steps + other.steps)
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _coerce(value: str) -> Any:
+    """Text value → bool, int, float or string (N:M patterns stay strings)."""
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def make_step(name: str, params: dict[str, Any]) -> Step:
+    method_cls = get_method(name)
+    return Step(method_cls(build_config(method_cls, params)))
+
+
+def parse_step(text: str) -> Step:
+    """``name`` or ``name:key=value,key=value``."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty step in pipeline (two '>' in a row or a trailing '>')")
+    name, _, body = text.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in body.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ConfigError(f"malformed setting '{item}' in step '{text}': use key=value")
+        if key.strip() in params:
+            raise ConfigError(f"setting '{key.strip()}' given twice in step '{text}'")
+        params[key.strip()] = _coerce(value.strip())
+    return make_step(name.strip(), params)
+
+
+def parse_pipeline(text: str) -> Pipeline:
+    """Parse ``rtn:bits=4,group=128 > magnitude:ratio=0.3`` (validated before any work)."""
+    if not text or not text.strip():
+        raise ConfigError("empty pipeline: give steps like 'rtn:bits=4 > magnitude:ratio=0.3'")
+    return Pipeline(tuple(parse_step(part) for part in text.split(STEP_SEPARATOR)))
+
+
+def load_recipe(path: Path) -> Pipeline:
+    """YAML recipe: ``pipeline: [{rtn: {bits: 4}}, {magnitude: {ratio: 0.3}}]``."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc}") from exc
+    items = doc.get("pipeline") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"recipe {path} needs a non-empty list under 'pipeline:'")
+    steps = []
+    for item in items:
+        if isinstance(item, str):
+            steps.append(parse_step(item))
+        elif isinstance(item, dict) and len(item) == 1:
+            ((name, params),) = item.items()
+            if params is not None and not isinstance(params, dict):
+                raise ConfigError(f"recipe step '{name}' needs a mapping of settings")
+            steps.append(make_step(str(name), dict(params or {})))
+        else:
+            raise ConfigError(f"recipe step {item!r} must be 'name: {{key: value}}' or text")
+    return Pipeline(tuple(steps))
+
+
+def resolve_pipeline(text_or_path: str) -> Pipeline:
+    """A pipeline given as text, or as a path to a .yaml/.yml recipe."""
+    if text_or_path.endswith((".yaml", ".yml")):
+        return load_recipe(Path(text_or_path))
+    return parse_pipeline(text_or_path)
+
+
+@dataclass
+class PipelineResult:
+    """The compressed model (in place) and what each step did."""
+
+    pipeline: Pipeline
+    records: list[StepRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_pipeline(lm: Any, pipeline: Pipeline, progress: bool = True) -> PipelineResult:
+    """Apply every step in order to ``lm`` (a LoadedModel), in place."""
+    check_pipeline(lm, pipeline)
+    result = PipelineResult(pipeline)
+    start = time.perf_counter()
+    for step in pipeline.steps:
+        result.records.append(apply_step(lm, step, progress=progress))
+    result.seconds = time.perf_counter() - start
+    return result

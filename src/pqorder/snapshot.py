@@ -1,0 +1,31 @@
+"""In-memory snapshots of unit weights and constraints, to rerun orders from a shared prefix."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from pqorder.models.adapter import compressible_units, get_weight, set_weight
+from pqorder.models.loading import LoadedModel
+from pqorder.state import CompressionState
+
+
+@dataclass
+class Snapshot:
+    weights: dict[str, Tensor]
+    state: CompressionState
+
+
+def take_snapshot(lm: LoadedModel) -> Snapshot:
+    """Copy every compressible unit's weight and the composition state."""
+    weights = {name: get_weight(m).clone() for name, m in compressible_units(lm.model).items()}
+    return Snapshot(weights, copy.deepcopy(lm.state))
+
+
+def restore_snapshot(lm: LoadedModel, snap: Snapshot) -> None:
+    """Put ``lm`` back exactly where the snapshot was taken."""
+    for name, module in compressible_units(lm.model).items():
+        set_weight(module, snap.weights[name])
+    lm.state = copy.deepcopy(snap.state)

@@ -1,0 +1,81 @@
+"""Composition state: the constraints earlier steps established, one home per unit.
+
+Every step reads the constraint of a unit, compresses within it and writes back the
+tighter constraint. ``UnitConstraint.project`` is the single projection function: it puts a
+weight matrix back on the unit's grid and zeroes its pruned entries, so any order of steps
+yields a model that satisfies all of them. Masks are stored, never re-inferred from zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from pqorder.grid import QuantGrid
+
+STATE_FILE = "pqorder_state.safetensors"
+
+
+@dataclass
+class UnitConstraint:
+    """Sparsity mask (True = kept) and quantization grid of one compressible unit."""
+
+    mask: Tensor | None = None
+    grid: QuantGrid | None = None
+
+    def project(self, w: Tensor) -> Tensor:
+        """Put ``w`` on the grid, then zero the pruned weights (0 is always on the grid)."""
+        if self.grid is not None:
+            w = self.grid.project(w)
+        if self.mask is not None:
+            w = torch.where(self.mask, w, torch.zeros_like(w))
+        return w
+
+    def kept(self, w: Tensor) -> Tensor:
+        """Boolean mask of the weights still alive (all True when nothing is pruned)."""
+        return self.mask if self.mask is not None else torch.ones_like(w, dtype=torch.bool)
+
+    def sparsity(self) -> float:
+        return 0.0 if self.mask is None else 1.0 - self.mask.float().mean().item()
+
+
+@dataclass
+class CompressionState:
+    """Constraints of every unit touched so far, keyed by module name."""
+
+    units: dict[str, UnitConstraint] = field(default_factory=dict)
+
+    def get(self, name: str) -> UnitConstraint:
+        return self.units.get(name, UnitConstraint())
+
+    def set(self, name: str, constraint: UnitConstraint) -> None:
+        self.units[name] = constraint
+
+    def save(self, path: Path) -> None:
+        tensors: dict[str, Tensor] = {}
+        for name, c in self.units.items():
+            if c.mask is not None:
+                tensors[f"{name}.mask"] = c.mask.to(torch.uint8).contiguous()
+            if c.grid is not None:
+                tensors.update(c.grid.to_tensors(f"{name}.grid"))
+        save_file(tensors, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> CompressionState:
+        tensors = load_file(str(path))
+        names = {k.rsplit(".mask", 1)[0] for k in tensors if k.endswith(".mask")}
+        names |= {k.rsplit(".grid.", 1)[0] for k in tensors if ".grid." in k}
+        state = cls()
+        for name in names:
+            mask = tensors.get(f"{name}.mask")
+            grid = (
+                QuantGrid.from_tensors(tensors, f"{name}.grid")
+                if f"{name}.grid.meta" in tensors
+                else None
+            )
+            state.set(name, UnitConstraint(None if mask is None else mask.bool(), grid))
+        return state
