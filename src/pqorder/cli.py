@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Wide tables stay readable when piped (rich falls back to 80 columns without a terminal).
+console = Console(width=shutil.get_terminal_size((150, 40)).columns)
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m), directory or hub id.")

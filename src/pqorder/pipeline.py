@@ -32,7 +32,7 @@ class Step:
         return self.method.name
 
     def to_text(self) -> str:
-        params = self.method.config.model_dump(exclude_defaults=True)
+        params = self.method.config.model_dump(exclude_none=True)
         body = ",".join(f"{k}={_format(v)}" for k, v in params.items())
         return f"{self.name}:{body}" if body else self.name
 
@@ -45,7 +45,7 @@ class Pipeline:
         return f" {STEP_SEPARATOR} ".join(step.to_text() for step in self.steps)
 
     def to_yaml(self) -> str:
-        recipe = [{s.name: s.method.config.model_dump(exclude_defaults=True)} for s in self.steps]
+        recipe = [{s.name: s.method.config.model_dump(exclude_none=True)} for s in self.steps]
         return yaml.safe_dump({"pipeline": recipe}, sort_keys=False)
 
     def __add__(self, other: Pipeline) -> Pipeline:

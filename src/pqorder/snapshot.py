@@ -20,7 +20,7 @@ class Snapshot:
 
 def take_snapshot(lm: LoadedModel) -> Snapshot:
     """Copy every compressible unit's weight and the composition state."""
-    weights = {name: get_weight(m).clone() for name, m in compressible_units(lm.model).items()}
+    weights = {name: get_weight(m) for name, m in compressible_units(lm.model).items()}
     return Snapshot(weights, copy.deepcopy(lm.state))
 
 

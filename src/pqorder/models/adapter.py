@@ -59,11 +59,11 @@ def compressible_units(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def get_weight(module: nn.Module) -> Tensor:
-    """The unit's weight as (out_features, in_features), float32, detached."""
+    """A float32 copy of the unit's weight as (out_features, in_features)."""
     w = module.weight.detach()
     if not isinstance(module, nn.Linear):
         w = w.t()
-    return w.float()
+    return w.to(torch.float32, copy=True)
 
 
 @torch.no_grad()

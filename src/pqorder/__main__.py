@@ -1,0 +1,3 @@
+from pqorder.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real SmolLM2 loaded once, restored to dense before each use."""
+
+from __future__ import annotations
+
+import pytest
+
+from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
+from pqorder.models.loading import LoadedModel, load_model
+from pqorder.snapshot import restore_snapshot, take_snapshot
+
+# Small protocol for tests: 4 windows of 512 tokens of Emma (never used for calibration).
+TEST_PROTOCOL = PerplexityProtocol("austen:emma", seqlen=512, max_tokens=2048, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def _smol_session():
+    lm = load_model("smollm2-135m")
+    return lm, take_snapshot(lm)
+
+
+@pytest.fixture
+def smol(_smol_session) -> LoadedModel:
+    """The dense SmolLM2 (weights and constraints reset for every test)."""
+    lm, dense = _smol_session
+    restore_snapshot(lm, dense)
+    return lm
+
+
+@pytest.fixture(scope="session")
+def dense_ppl(_smol_session) -> float:
+    lm, dense = _smol_session
+    restore_snapshot(lm, dense)
+    return evaluate_perplexity(lm.model, lm.tokenizer, TEST_PROTOCOL, progress=False).perplexity
+
+
+@pytest.fixture
+def dense_snapshot(_smol_session):
+    return _smol_session[1]
