@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,31 @@ DataOpt = Annotated[
 SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
 MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
+CalibOpt = Annotated[str, typer.Option("--calib", help="Calibration text source.")]
+CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration samples.")]
+CalibSeqlenOpt = Annotated[int, typer.Option(help="Tokens per calibration sample.")]
+SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
+SequentialOpt = Annotated[
+    bool, typer.Option(help="Compress sub-layer groups in sequence within each block.")
+]
 PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
+CalibOpt = Annotated[str, typer.Option("--calib", help="Calibration text source.")]
+CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration samples.")]
+CalibSeqlenOpt = Annotated[int, typer.Option(help="Tokens per calibration sample.")]
+SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
+PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
+
+
+@app.callback()
+def _options(
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for torch (0 = torch's default).", min=0)
+    ] = 0,
+) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def main() -> None:
@@ -42,6 +67,16 @@ def main() -> None:
     except PqorderError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+def _calibration(source: str, samples: int, seqlen: int, seed: int, data: str):
+    from pqorder.data.calibration import CalibrationSpec
+    from pqorder.data.sources import disjoint_specs
+
+    source, _ = disjoint_specs(source, data)
+    spec = CalibrationSpec(source, samples, seqlen, seed)
+    spec.validate()
+    return spec
 
 
 def _protocol(data: str, seqlen: int, max_tokens: int, batch_size: int):
@@ -79,25 +114,19 @@ def methods() -> None:
 @app.command()
 def compress(
     model: ModelOpt = "smollm2-135m",
-    pipeline: Annotated[
-        str,
-        typer.Option(
-            "--pipeline",
-            "-p",
-            help="'rtn:bits=4,group=128 > magnitude:ratio=0.3' or a .yaml recipe.",
-        ),
-    ] = ...,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory (written atomically).")
-    ] = ...,
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help=PIPELINE_HELP)] = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (atomic).")] = ...,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
-    evaluate: Annotated[
-        bool, typer.Option("--eval/--no-eval", help="Report perplexity after.")
-    ] = True,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Perplexity after.")] = True,
     data: DataOpt = "austen:emma",
     seqlen: SeqlenOpt = 512,
     max_tokens: MaxTokensOpt = 8192,
     batch_size: BatchOpt = 4,
+    calib: CalibOpt = "austen:pride",
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seqlen: CalibSeqlenOpt = 512,
+    seed: SeedOpt = 0,
+    sequential: SequentialOpt = False,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
     from pqorder.artifacts import check_output_dir, save_compressed
@@ -107,26 +136,28 @@ def compress(
 
     pipe = resolve_pipeline(pipeline)
     protocol = _protocol(data, seqlen, max_tokens, batch_size)
+    calibration = _calibration(calib, calib_samples, calib_seqlen, seed, data)
     check_output_dir(out, overwrite)
     lm = load_model(model)
-    result = run_pipeline(lm, pipe)
+    result = run_pipeline(lm, pipe, calibration, sequential=sequential)
     record = {
         "model": model,
         "pipeline": pipe.to_text(),
+        "calibration": asdict(result.calibration) if result.calibration else None,
+        "sequential": sequential,
         "steps": [r.to_dict() for r in result.records],
         "seconds": result.seconds,
     }
     table = Table("step", "granularity", "units", "sparsity", "bits", "seconds")
     for r in result.records:
+        bits = str(r.bits or "-")
         table.add_row(
-            r.step,
-            r.granularity,
-            str(r.units),
-            f"{r.sparsity:.4f}",
-            str(r.bits or "-"),
-            f"{r.seconds:.1f}",
+            r.step, r.granularity, str(r.units), f"{r.sparsity:.4f}", bits, f"{r.seconds:.1f}"
         )
     console.print(table)
+    for r in result.records:
+        for note in r.notes:
+            console.print(f"[yellow]{r.step}:[/] {note}")
     if evaluate:
         ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol)
         record["perplexity"] = ppl.to_dict()
@@ -172,9 +203,11 @@ def grid(
     seqlen: SeqlenOpt = 512,
     max_tokens: MaxTokensOpt = 8192,
     batch_size: BatchOpt = 4,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write results here.")
-    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    calib: CalibOpt = "austen:pride",
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seqlen: CalibSeqlenOpt = 512,
+    seed: SeedOpt = 0,
 ) -> None:
     """Both orders of every pruning × quantization pair: perplexity and order advantage."""
     from pqorder.models.loading import load_model
@@ -188,8 +221,9 @@ def grid(
             if s.method.family != family:
                 raise ConfigError(f"{s.to_text()} is a {s.method.family} step, not {family}")
     protocol = _protocol(data, seqlen, max_tokens, batch_size)
+    calibration = _calibration(calib, calib_samples, calib_seqlen, seed, data)
     lm = load_model(model)
-    result = order_grid(lm, prune_steps, quant_steps, protocol)
+    result = order_grid(lm, prune_steps, quant_steps, protocol, calibration)
     table = Table(
         "prune P",
         "quant Q",

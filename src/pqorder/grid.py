@@ -39,8 +39,12 @@ class QuantGrid:
         """Nearest grid value of every weight (round to nearest, clamp to the grid)."""
         scale = self.expand(self.scale, w.shape[1])
         zero = self.expand(self.zero, w.shape[1])
-        q = torch.clamp(torch.round(w / scale) + zero, 0, self.maxq)
-        return scale * (q - zero)
+        return _snap(w, scale, zero, self.maxq)
+
+    def project_column(self, w: Tensor, col: int) -> Tensor:
+        """Nearest grid value of column ``col`` of the weight, given as (out,)."""
+        g = col // self.group_size
+        return _snap(w, self.scale[:, g], self.zero[:, g], self.maxq)
 
     def codes(self, w: Tensor) -> Tensor:
         """Integer codes of weights that already lie on the grid."""
@@ -61,6 +65,10 @@ class QuantGrid:
     def from_tensors(cls, tensors: dict[str, Tensor], prefix: str) -> QuantGrid:
         bits, group = (int(v) for v in tensors[f"{prefix}.meta"])
         return cls(bits, group, tensors[f"{prefix}.scale"], tensors[f"{prefix}.zero"])
+
+
+def _snap(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
+    return scale * (torch.clamp(torch.round(w / scale) + zero, 0, maxq) - zero)
 
 
 def _grouped(w: Tensor, group_size: int, fill: float) -> Tensor:

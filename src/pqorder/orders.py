@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from pqorder.engine import apply_step
+from pqorder.data.calibration import CalibrationSpec, sample_calibration
+from pqorder.engine import apply_step, check_pipeline
 from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
 from pqorder.models.loading import LoadedModel
-from pqorder.pipeline import Step
+from pqorder.pipeline import Pipeline, Step, needs_calibration
 from pqorder.snapshot import restore_snapshot, take_snapshot
 
 
@@ -48,9 +49,18 @@ def order_grid(
     prune_steps: Sequence[Step],
     quant_steps: Sequence[Step],
     protocol: PerplexityProtocol,
+    calibration: CalibrationSpec | None = None,
     progress: bool = True,
 ) -> GridResult:
-    """Perplexity of dense, each step alone, and both orders of every (P, Q) pair."""
+    """Perplexity of dense, each step alone, and both orders of every (P, Q) pair.
+
+    Calibrated steps all see the same samples (``calibration`` or the default spec).
+    """
+    steps = Pipeline(tuple(prune_steps) + tuple(quant_steps))
+    check_pipeline(lm, steps)
+    tokens = None
+    if needs_calibration(steps):
+        tokens = sample_calibration(calibration or CalibrationSpec(), lm.tokenizer)
     dense = take_snapshot(lm)
     bar = tqdm(
         total=1 + 2 * (len(prune_steps) + len(quant_steps) + len(prune_steps) * len(quant_steps)),
@@ -68,13 +78,13 @@ def order_grid(
         out = {}
         for a in first:
             restore_snapshot(lm, dense)
-            apply_step(lm, a, progress=False)
+            apply_step(lm, a, tokens, progress=False)
             bar.update()
             alone = ppl()
             prefix = take_snapshot(lm)
             for b in then:
                 restore_snapshot(lm, prefix)
-                apply_step(lm, b, progress=False)
+                apply_step(lm, b, tokens, progress=False)
                 out[(a.to_text(), b.to_text())] = (alone, ppl())
         return out
 

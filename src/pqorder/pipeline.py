@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.engine import StepRecord, apply_step, check_pipeline
 from pqorder.errors import ConfigError
 from pqorder.methods import get_method
@@ -133,16 +134,39 @@ class PipelineResult:
     """The compressed model (in place) and what each step did."""
 
     pipeline: Pipeline
+    calibration: CalibrationSpec | None = None
     records: list[StepRecord] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def run_pipeline(lm: Any, pipeline: Pipeline, progress: bool = True) -> PipelineResult:
-    """Apply every step in order to ``lm`` (a LoadedModel), in place."""
+def needs_calibration(pipeline: Pipeline) -> bool:
+    return any(step.method.needs_calibration for step in pipeline.steps)
+
+
+def run_pipeline(
+    lm: Any,
+    pipeline: Pipeline,
+    calibration: CalibrationSpec | None = None,
+    progress: bool = True,
+    sequential: bool = False,
+) -> PipelineResult:
+    """Apply every step in order to ``lm`` (a LoadedModel), in place.
+
+    Calibration tokens are sampled once (``calibration`` or the default spec) when any step
+    needs them, and every calibrated step sees the same samples.
+    """
     check_pipeline(lm, pipeline)
-    result = PipelineResult(pipeline)
+    tokens = None
+    if needs_calibration(pipeline):
+        calibration = calibration or CalibrationSpec()
+        calibration.validate(getattr(lm.model.config, "max_position_embeddings", None))
+        tokens = sample_calibration(calibration, lm.tokenizer)
+    else:
+        calibration = None
+    result = PipelineResult(pipeline, calibration)
     start = time.perf_counter()
     for step in pipeline.steps:
-        result.records.append(apply_step(lm, step, progress=progress))
+        record = apply_step(lm, step, tokens, progress=progress, sequential=sequential)
+        result.records.append(record)
     result.seconds = time.perf_counter() - start
     return result

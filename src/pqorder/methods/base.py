@@ -15,6 +15,7 @@ from torch import Tensor
 
 from pqorder.errors import ConfigError
 from pqorder.state import UnitConstraint
+from pqorder.stats import UnitStats
 
 Family = Literal["prune", "quantize"]
 
@@ -33,6 +34,7 @@ class Method(ABC):
     summary: ClassVar[str]
     granularities: ClassVar[str]  # the units it can act on, for `pqorder methods`
     Config: ClassVar[type[MethodConfig]]
+    needs_calibration: ClassVar[bool] = False  # the engine passes UnitStats when True
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -46,8 +48,13 @@ class Method(ABC):
         """Raise ConfigError if the method cannot handle this unit (called before any work)."""
 
     @abstractmethod
-    def compress_unit(self, w: Tensor, constraint: UnitConstraint) -> tuple[Tensor, UnitConstraint]:
-        """Compress one (out, in) weight within ``constraint``; return weight and new constraint."""
+    def compress_unit(
+        self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None
+    ) -> tuple[Tensor, UnitConstraint]:
+        """Compress one (out, in) weight within ``constraint``; return weight and new constraint.
+
+        ``stats`` holds the unit's calibration statistics when ``needs_calibration``, else None.
+        """
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -2,77 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from pydantic import field_validator, model_validator
 from torch import Tensor
 
-from pqorder.errors import ConfigError
-from pqorder.methods.base import Method, MethodConfig, register
-from pqorder.methods.masks import nm_mask, parse_nm, unstructured_mask
-from pqorder.state import UnitConstraint
-
-
-class PruneConfig(MethodConfig):
-    """Unstructured ``ratio`` (final sparsity of each layer) or an ``nm`` pattern like 2:4."""
-
-    ratio: float | None = None
-    nm: str | None = None
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ValueError(f"sparsity ratio must lie in [0, 1), got {v}")
-        return v
-
-    @field_validator("nm", mode="before")
-    @classmethod
-    def _nm_pattern(cls, v: object) -> str | None:
-        if v is None:
-            return None
-        parse_nm(str(v))
-        return str(v)
-
-    @model_validator(mode="after")
-    def _one_target(self) -> PruneConfig:
-        if (self.ratio is None) == (self.nm is None):
-            raise ValueError("give exactly one of ratio=<0..1) or nm=N:M")
-        return self
-
-
-class Pruner(Method):
-    """Shared target handling for score-based pruners; subclasses define ``scores``."""
-
-    family = "prune"
-    granularities = "element or N:M group"
-    Config = PruneConfig
-    per_row: ClassVar[bool] = False
-
-    @property
-    def granularity(self) -> str:
-        return f"{self.config.nm} group" if self.config.nm else "element"
-
-    def check_unit(self, name: str, shape: tuple[int, int]) -> None:
-        if self.config.nm:
-            n, m = parse_nm(self.config.nm)
-            if shape[1] % m:
-                raise ConfigError(
-                    f"{self.name}: N:M {n}:{m} does not divide the width {shape[1]} of {name}"
-                )
-
-    def keep_mask(self, scores: Tensor, kept: Tensor) -> Tensor:
-        if self.config.nm:
-            return nm_mask(scores, kept, *parse_nm(self.config.nm))
-        return unstructured_mask(scores, kept, self.config.ratio, self.per_row)
+from pqorder.methods.base import register
+from pqorder.methods.pruner import ScorePruner
+from pqorder.stats import UnitStats
 
 
 @register
-class Magnitude(Pruner):
+class Magnitude(ScorePruner):
     name = "magnitude"
     summary = "magnitude pruning: drop the smallest |W| per layer (unstructured) or per N:M group"
 
-    def compress_unit(self, w: Tensor, constraint: UnitConstraint) -> tuple[Tensor, UnitConstraint]:
-        mask = self.keep_mask(w.abs(), constraint.kept(w))
-        new = UnitConstraint(mask=mask, grid=constraint.grid)
-        return new.project(w), new
+    def scores(self, w: Tensor, stats: UnitStats | None) -> Tensor:
+        return w.abs()

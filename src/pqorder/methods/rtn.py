@@ -8,6 +8,7 @@ from torch import Tensor
 from pqorder.grid import fit_grid
 from pqorder.methods.base import Method, MethodConfig, register
 from pqorder.state import UnitConstraint
+from pqorder.stats import UnitStats
 
 
 class QuantConfig(MethodConfig):
@@ -44,7 +45,9 @@ class RTN(Method):
     def granularity(self) -> str:
         return f"group of {self.config.group}" if self.config.group else "output channel"
 
-    def compress_unit(self, w: Tensor, constraint: UnitConstraint) -> tuple[Tensor, UnitConstraint]:
+    def compress_unit(
+        self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None
+    ) -> tuple[Tensor, UnitConstraint]:
         cfg = self.config
         grid = fit_grid(w, cfg.bits, cfg.group, cfg.sym, mask=constraint.mask)
         new = UnitConstraint(mask=constraint.mask, grid=grid)

@@ -58,6 +58,12 @@ def compressible_units(model: nn.Module) -> dict[str, nn.Module]:
     return units
 
 
+def in_features(module: nn.Module) -> int:
+    """Input width of a unit (Linear stores (out, in), Conv1D stores (in, out))."""
+    w = module.weight
+    return w.shape[1] if isinstance(module, nn.Linear) else w.shape[0]
+
+
 def get_weight(module: nn.Module) -> Tensor:
     """A float32 copy of the unit's weight as (out_features, in_features)."""
     w = module.weight.detach()

@@ -1,0 +1,152 @@
+"""The layer-wise sequential walk (GPTQ/SparseGPT protocol), written once for every method.
+
+Capture the inputs of block 0 for the calibration batches, then per block: accumulate each
+unit's input Hessian with forward hooks, hand the units to the method, recompute the block's
+outputs with the compressed weights and feed them to the next block. Units that read the
+same input tensor (q/k/v, gate/up) share one Hessian. With ``sequential``, those input groups
+are compressed one after another, each seeing the inputs produced by the already-compressed
+groups before it (attention projections, then the output projection, then the MLP).
+Memory holds one block's activations for the calibration set; the model is never copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pqorder.errors import PqorderError
+from pqorder.models.adapter import decoder_blocks, in_features
+from pqorder.stats import HessianAccumulator, UnitStats
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0's inputs are recorded."""
+
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering a block, per calibration batch, and the block's call kwargs."""
+
+    hidden: list[Tensor]  # each (B, T, D)
+    kwargs: list[dict[str, Any]]
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> BlockInputs:
+    """Run the model up to block 0 for every calibration batch and keep what block 0 sees."""
+    _, blocks = decoder_blocks(model)
+    captured = BlockInputs([], [])
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden.detach())
+        captured.kwargs.append(kwargs)
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            with contextlib.suppress(_StopForward):
+                model(input_ids=tokens[start : start + batch_size], use_cache=False)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _block_output(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def _run_block(block: nn.Module, inputs: BlockInputs, batches: int | None = None) -> list[Tensor]:
+    pairs = list(zip(inputs.hidden, inputs.kwargs, strict=True))[:batches]
+    return [_block_output(block(h, **kw)) for h, kw in pairs]
+
+
+def _input_groups(block: nn.Module, units: dict[str, nn.Module], inputs: BlockInputs) -> list:
+    """Units grouped by the input tensor they read, in the order the forward pass reaches them."""
+    # Keyed by id(input); the tensor is kept alive in the value so its id cannot be reused.
+    seen: dict[int, tuple[Tensor, list[str]]] = {}
+    handles = []
+    for name, module in units.items():
+
+        def record(_m: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
+            _tensor, names = seen.setdefault(id(args[0]), (args[0], []))
+            if name not in names:
+                names.append(name)
+
+        handles.append(module.register_forward_hook(record))
+    try:
+        _run_block(block, inputs, batches=1)
+    finally:
+        for h in handles:
+            h.remove()
+    return [names for _tensor, names in seen.values()]
+
+
+@torch.no_grad()
+def _collect(
+    block: nn.Module, units: dict[str, nn.Module], groups: list[list[str]], inputs: BlockInputs
+) -> dict[str, UnitStats]:
+    """One pass over the calibration batches, accumulating one Hessian per input group."""
+    accumulators = {}
+    handles = []
+    for group in groups:
+        lead = units[group[0]]
+        acc = HessianAccumulator(in_features(lead))
+        accumulators[group[0]] = acc
+        handles.append(lead.register_forward_hook(lambda _m, a, _o, acc=acc: acc.add_batch(a[0])))
+    try:
+        _run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for group in groups:
+        shared = accumulators[group[0]]
+        for name in group:
+            stats[name] = shared.finish(name)
+    return stats
+
+
+def calibrated_units(
+    model: nn.Module,
+    units: dict[str, nn.Module],
+    tokens: Tensor,
+    batch_size: int = 8,
+    sequential: bool = False,
+    progress: bool = True,
+    label: str = "",
+) -> Iterator[tuple[str, nn.Module, UnitStats]]:
+    """Yield every unit with its calibration statistics, block by block.
+
+    The consumer compresses each yielded unit before asking for the next; the walk relies on
+    that: it recomputes a block's outputs (and, when ``sequential``, later groups' inputs)
+    from the weights as the consumer left them.
+    """
+    path, blocks = decoder_blocks(model)
+    inputs = capture_block_inputs(model, tokens, batch_size)
+    for index in tqdm(
+        range(len(blocks)), desc=label or "blocks", disable=not progress, leave=False
+    ):
+        block = blocks[index]
+        prefix = f"{path}.{index}."
+        block_units = {n: m for n, m in units.items() if n.startswith(prefix)}
+        groups = _input_groups(block, block_units, inputs)
+        rounds = [[g] for g in groups] if sequential else [groups]
+        for round_groups in rounds:
+            stats = _collect(block, block_units, round_groups, inputs)
+            for group in round_groups:
+                for name in group:
+                    yield name, block_units[name], stats[name]
+        outputs = _run_block(block, inputs)
+        for out in outputs:
+            if not torch.isfinite(out).all():
+                raise PqorderError(f"NaN/Inf in the outputs of block {prefix[:-1]} during {label}")
+        inputs = BlockInputs(outputs, inputs.kwargs)

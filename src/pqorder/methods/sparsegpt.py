@@ -1,0 +1,90 @@
+"""SparseGPT (Frantar & Alistarh, 2023): one-shot OBS pruning with lazy batch updates.
+
+The mask is chosen adaptively: for unstructured sparsity per block of ``blocksize`` columns
+over all rows by w² / [H⁻¹]_jj², for N:M at every M-th column over the next M columns. The
+pruned weights' error is pushed into the remaining columns. After an earlier quantization
+step each surviving column is projected onto that grid inside the sweep, so the error
+feedback accounts for the rounding and every weight stays on the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from pqorder.grid import QuantGrid
+from pqorder.methods.base import register
+from pqorder.methods.masks import parse_nm, prune_lowest
+from pqorder.methods.obs import SolverSettings, inverse_hessian_factor, obs_sweep
+from pqorder.methods.pruner import PruneConfig, Pruner
+from pqorder.state import UnitConstraint
+from pqorder.stats import UnitStats
+
+
+class SparseGPTConfig(SolverSettings, PruneConfig):
+    """Target sparsity (``ratio`` or ``nm``) plus the solver's ``damp`` and ``blocksize``."""
+
+
+class _PruneColumns:
+    """ColumnRule: choose masks adaptively, zero pruned weights, keep an earlier grid."""
+
+    def __init__(
+        self,
+        pruned: Tensor,
+        udiag: Tensor,
+        ratio: float | None,
+        nm: tuple[int, int] | None,
+        grid: QuantGrid | None,
+    ) -> None:
+        self.pruned = pruned.clone()  # (out, in), True = pruned; grows during the sweep
+        self.udiag = udiag
+        self.ratio, self.nm, self.grid = ratio, nm, grid
+        self.done = 0  # pruned weights in the columns already swept
+
+    def start_block(self, i1: int, w_block: Tensor, u_block: Tensor) -> None:
+        width = w_block.shape[1]
+        block = self.pruned[:, i1 : i1 + width]
+        if self.ratio is not None:
+            # Exactly floor(ratio · numel) overall: each block takes what keeps the running total.
+            rows = w_block.shape[0]
+            k = int(self.ratio * rows * (i1 + width)) - self.done
+            scores = w_block.pow(2) / self.udiag[i1 : i1 + width].pow(2)
+            keep = prune_lowest(scores.reshape(1, -1), ~block.reshape(1, -1), max(k, 0))
+            block = ~keep.view_as(block)
+            self.pruned[:, i1 : i1 + width] = block
+        self.done += int(block.sum())
+
+    def target(self, col: int, w_col: Tensor, ahead: Callable[[int], Tensor]) -> Tensor:
+        if self.nm is not None and col % self.nm[1] == 0:
+            n, m = self.nm
+            group = self.pruned[:, col : col + m]
+            scores = ahead(m).pow(2) / self.udiag[col : col + m].pow(2)
+            newly = ~prune_lowest(scores, ~group, m - n) & ~group
+            self.pruned[:, col : col + m] |= newly
+            self.done += int(newly.sum())
+        q = w_col if self.grid is None else self.grid.project_column(w_col, col)
+        return torch.where(self.pruned[:, col], torch.zeros_like(q), q)
+
+
+@register
+class SparseGPT(Pruner):
+    name = "sparsegpt"
+    summary = "SparseGPT: OBS pruning with weight updates (unstructured or N:M), calibrated"
+    Config = SparseGPTConfig
+    needs_calibration = True
+
+    def compress_unit(
+        self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None
+    ) -> tuple[Tensor, UnitConstraint]:
+        cfg = self.config
+        upper, dead = inverse_hessian_factor(stats.hessian, cfg.damp, stats.name)
+        w = torch.where(dead.unsqueeze(0), torch.zeros_like(w), w)
+        nm = parse_nm(cfg.nm) if cfg.nm else None
+        rule = _PruneColumns(
+            ~constraint.kept(w), torch.diagonal(upper), cfg.ratio, nm, constraint.grid
+        )
+        w_new = obs_sweep(w, upper, rule, cfg.blocksize)
+        new = UnitConstraint(mask=~rule.pruned, grid=constraint.grid)
+        return new.project(w_new), new
