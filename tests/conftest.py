@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
 from pqorder.models.loading import LoadedModel, load_model
 from pqorder.snapshot import restore_snapshot, take_snapshot
@@ -36,3 +37,27 @@ def dense_ppl(_smol_session) -> float:
 @pytest.fixture
 def dense_snapshot(_smol_session):
     return _smol_session[1]
+
+
+@pytest.fixture(scope="session")
+def _tiny_session():
+    """SmolLM2 cut to its first two decoder blocks: real weights, 14 units, fast."""
+    lm = load_model("smollm2-135m")
+    del lm.model.model.layers[2:]
+    lm.model.config.num_hidden_layers = 2
+    return lm, take_snapshot(lm)
+
+
+@pytest.fixture
+def tiny(_tiny_session) -> LoadedModel:
+    lm, dense = _tiny_session
+    restore_snapshot(lm, dense)
+    return lm
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration(_tiny_session):
+    """8 samples × 128 tokens of Pride and Prejudice, seed 0."""
+    return sample_calibration(
+        CalibrationSpec("austen:pride", 8, 128, 0), _tiny_session[0].tokenizer
+    )
