@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -109,9 +109,9 @@ def _collect(
             h.remove()
     stats = {}
     for group in groups:
-        shared = accumulators[group[0]]
+        shared = accumulators[group[0]].finish(group[0])
         for name in group:
-            stats[name] = shared.finish(name)
+            stats[name] = replace(shared, name=name)
     return stats
 
 

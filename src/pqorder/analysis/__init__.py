@@ -1,0 +1,1 @@
+"""Order analysis: intensity, CER, order advantage, recommendation, search, sweeps."""

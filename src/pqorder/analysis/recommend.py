@@ -1,0 +1,121 @@
+"""The Progressive Intensity Hypothesis as a recommender: weaker perturbation first.
+
+Methods are ordered by measured intensity (M alone, higher = weaker = earlier). Confidence
+comes from the smallest CER gap between consecutive methods: the paper finds the order
+advantage grows with that gap, so a small gap means the order matters little or is
+uncertain. Warnings flag the cases where the hypothesis is known to break or interference
+is expected.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pqorder.analysis.intensity import CurveOptions, IntensityReport, measure_intensity
+from pqorder.errors import ConfigError
+from pqorder.pipeline import Step
+from pqorder.study import Study
+
+HIGH_GAP, MEDIUM_GAP = 0.05, 0.015  # CER gaps (fraction mapping) for high / medium confidence
+
+
+@dataclass
+class Recommendation:
+    order: list[str]
+    intensity: IntensityReport
+    cer_gaps: list[float | None]  # between consecutive methods of the recommended order
+    confidence: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        rows = [
+            {
+                "step": m.step,
+                "family": m.family,
+                "granularity": m.granularity,
+                "perplexity": m.run.perplexity,
+                "metric": m.metric,
+                "cer": m.cer.value,
+                "cer_status": m.cer.status,
+            }
+            for m in self.intensity.methods
+        ]
+        return {
+            "order": self.order,
+            "confidence": self.confidence,
+            "cer_gaps": self.cer_gaps,
+            "warnings": self.warnings,
+            "dense_perplexity": self.intensity.dense.perplexity,
+            "methods": rows,
+            "curve": {"bits": self.intensity.curve.bits, "metric": self.intensity.curve.metric},
+        }
+
+
+def _confidence(gaps: list[float | None]) -> str:
+    if any(g is None for g in gaps):
+        return "unknown (a method lies outside the reference curve)"
+    smallest = min(gaps)
+    if smallest >= HIGH_GAP:
+        return "high"
+    return "medium" if smallest >= MEDIUM_GAP else "low"
+
+
+def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -> list[str]:
+    out = []
+    dense_ppl = report.dense.perplexity
+    for m in report.methods:
+        if not m.run.ok:
+            out.append(f"{m.step} failed alone: {m.run.error}")
+        elif m.run.perplexity > collapse * dense_ppl:
+            out.append(
+                f"collapse zone: {m.step} alone gives perplexity {m.run.perplexity:.1f} "
+                f"(> {collapse:g}× dense {dense_ppl:.1f}); the hypothesis may not hold there"
+            )
+        if not m.cer.in_range and m.family != "quantize":
+            out.append(f"{m.step} lies outside the reference curve ({m.cer.status})")
+        if m.run.ok and m.run.perplexity == dense_ppl:
+            out.append(f"{m.step} does not change the metric at all")
+    if report.non_monotone:
+        out.append(f"the reference curve is not monotone at bits {report.non_monotone}")
+    prunes = [s for s in steps if s.method.family == "prune"]
+    quants = [s for s in steps if s.method.family == "quantize"]
+    for p in prunes:
+        for q in quants:
+            fine = p.method.granularity == "element" or p.method.granularity.endswith(" group")
+            if fine:
+                out.append(
+                    f"interference expected: {p.to_text()} prunes at {p.method.granularity} "
+                    f"granularity inside {q.to_text()}'s {q.method.granularity} scales"
+                )
+    if any(s.method.family == "rotate" for s in steps) and prunes:
+        out.append("rotation-based quantization makes later pruning much worse: prune first")
+    return out
+
+
+def recommend(
+    study: Study,
+    steps: Sequence[Step],
+    options: CurveOptions | None = None,
+    collapse_factor: float = 3.0,
+) -> Recommendation:
+    """Measure each method alone and propose the weaker-first order."""
+    if len(steps) < 2:
+        raise ConfigError("an order question needs at least two methods")
+    if collapse_factor <= 1:
+        raise ConfigError(f"collapse factor must exceed 1, got {collapse_factor}")
+    report = measure_intensity(study, steps, options)
+    if all(m.run.ok and m.run.perplexity == report.dense.perplexity for m in report.methods):
+        raise ConfigError("none of the methods changes the model: there is no order to choose")
+    ranked = sorted(
+        range(len(steps)),
+        key=lambda i: -(report.methods[i].metric if report.methods[i].run.ok else -1e30),
+    )
+    order = [report.methods[i].step for i in ranked]
+    gaps = []
+    for a, b in itertools.pairwise(ranked):
+        ca, cb = report.methods[a].cer, report.methods[b].cer
+        gaps.append(cb.value - ca.value if ca.in_range and cb.in_range else None)
+    warnings = _warnings(report, steps, collapse_factor)
+    return Recommendation(order, report, gaps, _confidence(gaps), warnings)

@@ -1,0 +1,172 @@
+"""Strength sweeps: how the order advantage A(Q→P) grows with the CER gap C*_P − C_Q.
+
+For every pruning setting P and bit-width b of the quantizer Q, both orders are evaluated;
+A(Q→P) = M(P after Q) − M(Q after P) with M = −perplexity. The paper's figure plots A
+against the CER gap, one curve per pruning ratio; Spearman's ρ measures how monotone it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pqorder.analysis.cer import quant_ratio
+from pqorder.analysis.intensity import CurveOptions, reference_curve
+from pqorder.errors import ConfigError
+from pqorder.pipeline import make_step, parse_step
+from pqorder.study import Study
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    prune: str
+    quant: str
+    ratio: float
+    bits: int
+    ppl_prune_then_quant: float | None
+    ppl_quant_then_prune: float | None
+    cer_prune: float | None
+    cer_quant: float
+    advantage_q_first: float | None  # A(Q→P)
+
+    @property
+    def cer_gap(self) -> float | None:
+        return None if self.cer_prune is None else self.cer_prune - self.cer_quant
+
+
+@dataclass
+class SweepResult:
+    points: list[SweepPoint]
+    rho: dict[str, float | None] = field(default_factory=dict)  # per pruning method + "all"
+
+    def to_dict(self) -> dict:
+        return {
+            "points": [{**asdict(p), "cer_gap": p.cer_gap} for p in self.points],
+            "rho": self.rho,
+        }
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None if undefined."""
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = v.argsort(kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=float)
+    for value in np.unique(v):  # average the ranks of ties
+        tied = v == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def run_sweep(
+    study: Study,
+    pruners: Sequence[str],
+    ratios: Sequence[float],
+    quantizer: str,
+    bits: Sequence[int],
+    options: CurveOptions | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Both orders at every (pruner, ratio, bits); CER from the quantizer's own curve."""
+    if not pruners or not ratios or not bits:
+        raise ConfigError("a sweep needs at least one pruner, one ratio and one bit-width")
+    base_q = parse_step(quantizer)
+    if base_q.method.family != "quantize":
+        raise ConfigError(f"'{quantizer}' is not a quantization step")
+    q_params = base_q.method.config.model_dump(exclude_none=True)
+    prune_steps = {}
+    for name in pruners:
+        base_p = parse_step(name if ":" in name else f"{name}:ratio=0.1")
+        if base_p.method.family != "prune":
+            raise ConfigError(f"'{name}' is not a pruning method")
+        for r in ratios:
+            prune_steps[(base_p.name, r)] = make_step(base_p.name, {"ratio": r})
+    q_steps = {b: make_step(base_q.name, {**q_params, "bits": b}) for b in bits}
+    options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
+    curve = reference_curve(study, options)
+    points = []
+    total = len(prune_steps) * len(q_steps)
+    with tqdm(total=total, desc="sweep", disable=not progress) as bar:
+        for (pname, r), p in prune_steps.items():
+            p_run = study.evaluate((p,))
+            cer_p = curve.cer(p_run.metric).value if p_run.ok else None
+            for b, q in q_steps.items():
+                pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
+                adv = qp.metric - pq.metric if pq.ok and qp.ok else None
+                points.append(
+                    SweepPoint(
+                        pname,
+                        q.to_text(),
+                        r,
+                        b,
+                        pq.perplexity,
+                        qp.perplexity,
+                        cer_p,
+                        quant_ratio(b, curve.mapping, curve.reference_bits),
+                        adv,
+                    )
+                )
+                bar.update()
+    return SweepResult(points, _rhos(points))
+
+
+def _rhos(points: list[SweepPoint]) -> dict[str, float | None]:
+    def rho(pts: list[SweepPoint]) -> float | None:
+        usable = [p for p in pts if p.cer_gap is not None and p.advantage_q_first is not None]
+        return spearman([p.cer_gap for p in usable], [p.advantage_q_first for p in usable])
+
+    out = {name: rho([p for p in points if p.prune == name]) for name in {p.prune for p in points}}
+    out["all"] = rho(points)
+    return out
+
+
+def plot_sweep(result: SweepResult, path: Path, title: str = "") -> Path:
+    """The paper's figure: x = CER gap C*_P − C_Q, y = A(Q→P), one curve per pruning ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, ratio in sorted({(p.prune, p.ratio) for p in result.points}):
+        pts = sorted(
+            (
+                p
+                for p in result.points
+                if (p.prune, p.ratio) == (name, ratio)
+                and p.cer_gap is not None
+                and p.advantage_q_first is not None
+            ),
+            key=lambda p: p.cer_gap,
+        )
+        if pts:
+            ax.plot(
+                [p.cer_gap for p in pts],
+                [p.advantage_q_first for p in pts],
+                "o-",
+                label=f"{name} {ratio:g}",
+            )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("CER gap  C*_P − C_Q")
+    ax.set_ylabel("order advantage  A(Q→P)  [−perplexity]")
+    rho = result.rho.get("all")
+    ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,186 @@
+"""A study: evaluate ordered pipelines on one model, reusing prefixes and storing every run.
+
+Every analysis (intensity, recommendation, search, sweep) asks a Study for the metric of
+some orders. The Study finds a stored run if there is one, else starts from the longest
+prefix it can get (the model as it stands, or the prefix cache), applies the remaining
+steps, evaluates, and writes the run to the store as soon as it finishes.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from torch import Tensor
+
+from pqorder.data.calibration import CalibrationSpec, sample_calibration
+from pqorder.engine import StepRecord, apply_step, check_pipeline
+from pqorder.errors import PqorderError
+from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
+from pqorder.models.loading import LoadedModel
+from pqorder.pipeline import Pipeline, Step
+from pqorder.prefix_cache import PrefixCache, content_key
+from pqorder.snapshot import restore_snapshot, take_snapshot
+from pqorder.store import Run, RunStore
+
+
+@dataclass
+class Spend:
+    """Compute accounting: steps applied vs. what running every order from scratch costs."""
+
+    applied_steps: int = 0
+    applied_seconds: float = 0.0
+    naive_steps: int = 0
+    naive_seconds: float = 0.0
+    stored_hits: int = 0
+    cache_hits: int = 0
+
+
+class Study:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        protocol: PerplexityProtocol,
+        calibration: CalibrationSpec | None = None,
+        store: RunStore | None = None,
+        cache: PrefixCache | None = None,
+        name: str = "study",
+        sequential: bool = False,
+        progress: bool = False,
+    ) -> None:
+        self.lm, self.protocol, self.store, self.cache = lm, protocol, store, cache
+        self.calibration = calibration or CalibrationSpec()
+        self.name, self.sequential, self.progress = name, sequential, progress
+        self._dense = take_snapshot(lm)
+        self._position: tuple[str, ...] | None = ()  # steps the model currently holds
+        self._records: list[StepRecord] = []
+        self._tokens: Tensor | None = None
+        self.spend = Spend()
+
+    # -- keys ---------------------------------------------------------------------------
+    def _prefix_key(self, steps: Sequence[Step]) -> str:
+        calibrated = any(s.method.needs_calibration for s in steps)
+        return content_key(
+            {
+                "model": self.lm.name,
+                "steps": [s.to_text() for s in steps],
+                "sequential": self.sequential if calibrated else None,
+                "calibration": asdict(self.calibration) if calibrated else None,
+            }
+        )
+
+    def run_key(self, steps: Sequence[Step]) -> str:
+        return content_key({"prefix": self._prefix_key(steps), "protocol": asdict(self.protocol)})
+
+    # -- evaluation ---------------------------------------------------------------------
+    def dense_run(self) -> Run:
+        return self.evaluate(())
+
+    def evaluate(self, steps: Sequence[Step]) -> Run:
+        """The stored run of this order, or a new one (applied, evaluated, stored)."""
+        steps = tuple(steps)
+        key = self.run_key(steps)
+        if self.store is not None and (run := self.store.get(key)) is not None:
+            self.spend.stored_hits += 1
+            return run
+        start = time.perf_counter()
+        check_pipeline(self.lm, Pipeline(steps))
+        ppl, error = None, None
+        try:
+            self._materialize(steps)
+            ppl = evaluate_perplexity(
+                self.lm.model, self.lm.tokenizer, self.protocol, progress=False
+            ).perplexity
+            if not math.isfinite(ppl):
+                error = f"perplexity is {ppl}"
+        except PqorderError as exc:
+            error = str(exc)
+            self._position = None  # the model is in an unknown state: restart from dense
+        self.spend.naive_steps += len(steps)
+        self.spend.naive_seconds += sum(r.seconds for r in self._records[: len(steps)])
+        run = Run(
+            key=key,
+            study=self.name,
+            model=self.lm.name,
+            pipeline=Pipeline(steps).to_text() if steps else "dense",
+            n_steps=len(steps),
+            calibration=asdict(self.calibration)
+            if any(s.method.needs_calibration for s in steps)
+            else None,
+            protocol=asdict(self.protocol),
+            metric=-ppl if error is None else None,
+            perplexity=ppl if error is None else None,
+            status="ok" if error is None else "failed",
+            error=error,
+            steps=[r.to_dict() for r in self._records[: len(steps)]] if error is None else [],
+            seconds=time.perf_counter() - start,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+        return self.store.put(run) if self.store is not None else run
+
+    def calibration_tokens(self) -> Tensor:
+        """The study's calibration samples (drawn once, shared by every calibrated step)."""
+        if self._tokens is None:
+            self.calibration.validate(
+                getattr(self.lm.model.config, "max_position_embeddings", None)
+            )
+            self._tokens = sample_calibration(self.calibration, self.lm.tokenizer)
+        return self._tokens
+
+    def _tokens_for(self, step: Step) -> Tensor | None:
+        return self.calibration_tokens() if step.method.needs_calibration else None
+
+    def dense_weight(self, name: str) -> Tensor:
+        return self._dense.weights[name]
+
+    def materialize(self, steps: Sequence[Step]) -> None:
+        """Make the model hold ``steps`` applied to the dense model (reusing prefixes)."""
+        steps = tuple(steps)
+        check_pipeline(self.lm, Pipeline(steps))
+        self._materialize(steps)
+
+    def _materialize(self, steps: tuple[Step, ...]) -> None:
+        """Make the model hold exactly ``steps`` applied to the dense model."""
+        texts = tuple(s.to_text() for s in steps)
+        start = self._start_point(steps, texts)
+        for i in range(start, len(steps)):
+            record = apply_step(
+                self.lm,
+                steps[i],
+                self._tokens_for(steps[i]),
+                progress=self.progress,
+                sequential=self.sequential,
+            )
+            self._records = [*self._records[:i], record]
+            self._position = texts[: i + 1]
+            self.spend.applied_steps += 1
+            self.spend.applied_seconds += record.seconds
+            extendable = i + 1 < len(steps) or len(steps) == 1
+            if self.cache is not None and extendable:
+                self.cache.save(self._prefix_key(steps[: i + 1]), self.lm, self._records)
+
+    def _start_point(self, steps: tuple[Step, ...], texts: tuple[str, ...]) -> int:
+        """Steps already in place after choosing the cheapest starting point."""
+        here = self._position
+        held = len(here) if here is not None and texts[: len(here)] == here else -1
+        if self.cache is not None:
+            for k in range(len(steps), max(held, 0), -1):
+                key = self._prefix_key(steps[:k])
+                if self.cache.has(key):
+                    self._records = self.cache.load(key, self.lm)
+                    self._position = texts[:k]
+                    self.spend.cache_hits += 1
+                    return k
+        if held >= 0:
+            return held
+        restore_snapshot(self.lm, self._dense)
+        self._position, self._records = (), []
+        return 0
+
+    def reset(self) -> None:
+        """Put the dense model back (the study's model is shared with the caller)."""
+        restore_snapshot(self.lm, self._dense)
+        self._position, self._records = (), []
