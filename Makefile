@@ -8,7 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(PQ) grid
+	$(PQ) demo
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -72,7 +72,7 @@ def _search_blocks(res: dict) -> list[Block]:
             "p",
             f"Best order: **{' > '.join(res['best'])}**. Was the PIH recommendation "
             f"the best? {verdict}. Steps applied {spend['applied_steps']} vs "
-            f"{spend['naive_steps']} without prefix reuse "
+            f"{spend['naive_steps']} without reuse "
             f"({spend['cache_hits']} prefix-cache hits, {spend['stored_hits']} stored runs).",
         ),
         Block(

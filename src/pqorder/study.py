@@ -12,7 +12,7 @@ import math
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 from torch import Tensor
 
@@ -29,14 +29,15 @@ from pqorder.store import Run, RunStore
 
 @dataclass
 class Spend:
-    """Compute accounting: steps applied vs. what running every order from scratch costs."""
+    """Compute accounting of a study: steps actually applied, and what was reused."""
 
     applied_steps: int = 0
     applied_seconds: float = 0.0
-    naive_steps: int = 0
-    naive_seconds: float = 0.0
     stored_hits: int = 0
     cache_hits: int = 0
+
+    def since(self, before: Spend) -> Spend:
+        return Spend(*(a - b for a, b in zip(astuple(self), astuple(before), strict=True)))
 
 
 class Study:
@@ -99,8 +100,6 @@ class Study:
         except PqorderError as exc:
             error = str(exc)
             self._position = None  # the model is in an unknown state: restart from dense
-        self.spend.naive_steps += len(steps)
-        self.spend.naive_seconds += sum(r.seconds for r in self._records[: len(steps)])
         run = Run(
             key=key,
             study=self.name,

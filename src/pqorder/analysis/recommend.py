@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pqorder.analysis.intensity import CurveOptions, IntensityReport, measure_intensity
 from pqorder.errors import ConfigError
 from pqorder.pipeline import Step
+from pqorder.store import Run
 from pqorder.study import Study
 
 HIGH_GAP, MEDIUM_GAP = 0.05, 0.015  # CER gaps (fraction mapping) for high / medium confidence
@@ -94,6 +95,16 @@ def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -
     return out
 
 
+def strength(run: Run) -> float:
+    """Sort key: weaker (higher M) first; failed runs count as strongest."""
+    return -run.metric if run.ok else float("inf")
+
+
+def weaker_first(study: Study, steps: Sequence[Step]) -> list[Step]:
+    """The PIH order from each method alone (no reference curve needed)."""
+    return sorted(steps, key=lambda s: strength(study.evaluate((s,))))
+
+
 def recommend(
     study: Study,
     steps: Sequence[Step],
@@ -108,10 +119,7 @@ def recommend(
     report = measure_intensity(study, steps, options)
     if all(m.run.ok and m.run.perplexity == report.dense.perplexity for m in report.methods):
         raise ConfigError("none of the methods changes the model: there is no order to choose")
-    ranked = sorted(
-        range(len(steps)),
-        key=lambda i: -(report.methods[i].metric if report.methods[i].run.ok else -1e30),
-    )
+    ranked = sorted(range(len(steps)), key=lambda i: strength(report.methods[i].run))
     order = [report.methods[i].step for i in ranked]
     gaps = []
     for a, b in itertools.pairwise(ranked):

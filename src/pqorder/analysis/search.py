@@ -9,8 +9,9 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
+from pqorder.analysis.recommend import strength
 from pqorder.errors import ConfigError
 from pqorder.pipeline import Step
 from pqorder.store import Run
@@ -25,7 +26,17 @@ class SearchResult:
     advantages: dict[str, float]  # "a → b": mean M with a before b minus with b before a
     pih_order: tuple[str, ...] | None
     exhaustive: bool
-    spend: Spend
+    spend: Spend  # what this search cost (stored runs and cached prefixes reused)
+
+    @property
+    def naive_steps(self) -> int:
+        """Steps needed to compress every evaluated order from scratch."""
+        return sum(len(order) for order, _run in self.orders)
+
+    @property
+    def naive_seconds(self) -> float:
+        """Compression seconds of every evaluated order from scratch (from its step records)."""
+        return sum(step["seconds"] for _order, run in self.orders for step in run.steps)
 
     @property
     def best(self) -> tuple[str, ...]:
@@ -46,13 +57,16 @@ class SearchResult:
             "pih_order": list(self.pih_order) if self.pih_order else None,
             "pih_was_best": self.pih_was_best,
             "exhaustive": self.exhaustive,
-            "spend": vars(self.spend),
+            "spend": {
+                **asdict(self.spend),
+                "naive_steps": self.naive_steps,
+                "naive_seconds": self.naive_seconds,
+            },
         }
 
 
 def _rank_key(item: tuple[tuple[str, ...], Run]) -> float:
-    run = item[1]
-    return -run.metric if run.ok else float("inf")
+    return strength(item[1])
 
 
 def _pairwise_advantages(results: dict[tuple[str, ...], Run]) -> dict[str, float]:
@@ -93,7 +107,10 @@ def search_orders(
     if len(set(texts)) != len(texts):
         raise ConfigError("the same step is listed twice; an order needs distinct steps")
     by_text = dict(zip(texts, steps, strict=True))
+    if pih_order is not None and sorted(pih_order) != sorted(texts):
+        raise ConfigError("the PIH order to check must be a permutation of the searched steps")
     pih = [by_text[t] for t in pih_order] if pih_order else list(steps)
+    before = replace(study.spend)
     exhaustive = len(steps) <= EXHAUSTIVE_MAX
     if exhaustive:
         results = {
@@ -108,5 +125,5 @@ def search_orders(
         _pairwise_advantages(results),
         tuple(pih_order) if pih_order else None,
         exhaustive,
-        study.spend,
+        study.spend.since(before),
     )

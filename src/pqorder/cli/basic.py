@@ -1,90 +1,33 @@
-"""The ``pqorder`` command line: prepare, methods, compress, eval, grid."""
+"""Commands that prepare assets, list methods, compress and evaluate models."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pqorder.errors import ConfigError, PqorderError
-
-app = typer.Typer(
-    help="Joint model compression where the order of methods is measured and optimized.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from pqorder.cli.app import (
+    PIPELINE_HELP,
+    BatchOpt,
+    CalibOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
+    DataOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    SeqlenOpt,
+    SequentialOpt,
+    app,
+    calibration_spec,
+    console,
+    perplexity_protocol,
 )
-# Wide tables stay readable when piped (rich falls back to 80 columns without a terminal).
-console = Console(width=shutil.get_terminal_size((150, 40)).columns)
-
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m), directory or hub id.")
-]
-DataOpt = Annotated[
-    str, typer.Option("--data", help="Evaluation text: austen:<novel>, pydoc, file:PATH, ...")
-]
-SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
-MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
-BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
-CalibOpt = Annotated[str, typer.Option("--calib", help="Calibration text source.")]
-CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration samples.")]
-CalibSeqlenOpt = Annotated[int, typer.Option(help="Tokens per calibration sample.")]
-SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
-SequentialOpt = Annotated[
-    bool, typer.Option(help="Compress sub-layer groups in sequence within each block.")
-]
-PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
-CalibOpt = Annotated[str, typer.Option("--calib", help="Calibration text source.")]
-CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration samples.")]
-CalibSeqlenOpt = Annotated[int, typer.Option(help="Tokens per calibration sample.")]
-SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
-PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
-
-
-@app.callback()
-def _options(
-    threads: Annotated[
-        int, typer.Option(help="CPU threads for torch (0 = torch's default).", min=0)
-    ] = 0,
-) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def main() -> None:
-    """Entry point: PqorderError becomes one line on stderr and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except PqorderError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _calibration(source: str, samples: int, seqlen: int, seed: int, data: str):
-    from pqorder.data.calibration import CalibrationSpec
-    from pqorder.data.sources import disjoint_specs
-
-    source, _ = disjoint_specs(source, data)
-    spec = CalibrationSpec(source, samples, seqlen, seed)
-    spec.validate()
-    return spec
-
-
-def _protocol(data: str, seqlen: int, max_tokens: int, batch_size: int):
-    from pqorder.eval.perplexity import PerplexityProtocol
-
-    protocol = PerplexityProtocol(data, seqlen, max_tokens or None, batch_size)
-    protocol.validate()
-    return protocol
+from pqorder.errors import ConfigError
 
 
 @app.command()
@@ -135,8 +78,8 @@ def compress(
     from pqorder.pipeline import resolve_pipeline, run_pipeline
 
     pipe = resolve_pipeline(pipeline)
-    protocol = _protocol(data, seqlen, max_tokens, batch_size)
-    calibration = _calibration(calib, calib_samples, calib_seqlen, seed, data)
+    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
+    calibration = calibration_spec(calib, calib_samples, calib_seqlen, seed, data)
     check_output_dir(out, overwrite)
     lm = load_model(model)
     result = run_pipeline(lm, pipe, calibration, sequential=sequential)
@@ -185,7 +128,7 @@ def eval_(
     from pqorder.eval.perplexity import evaluate_perplexity
     from pqorder.models.loading import load_model
 
-    protocol = _protocol(data, seqlen, max_tokens, batch_size)
+    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
     lm = load_model(model)
     result = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=not as_json)
     if as_json:
@@ -220,8 +163,8 @@ def grid(
         for s in steps:
             if s.method.family != family:
                 raise ConfigError(f"{s.to_text()} is a {s.method.family} step, not {family}")
-    protocol = _protocol(data, seqlen, max_tokens, batch_size)
-    calibration = _calibration(calib, calib_samples, calib_seqlen, seed, data)
+    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
+    calibration = calibration_spec(calib, calib_samples, calib_seqlen, seed, data)
     lm = load_model(model)
     result = order_grid(lm, prune_steps, quant_steps, protocol, calibration)
     table = Table(

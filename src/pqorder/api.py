@@ -1,0 +1,121 @@
+"""The Python API behind every CLI command, for notebooks and scripts.
+
+from pqorder import api
+study = api.open_study("smollm2-135m", name="demo")
+rec = api.recommend(study, ["sparsegpt:ratio=0.3", "gptq:bits=4"])
+res = api.search(study, ["sparsegpt:ratio=0.3", "gptq:bits=4"], pih_order=rec.order)
+sw = api.sweep(study, ["sparsegpt"], [0.1, 0.3], "rtn:group=128", [3, 4])
+api.report(study, "out/report")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pqorder.analysis.intensity import CurveOptions
+from pqorder.analysis.recommend import Recommendation
+from pqorder.analysis.recommend import recommend as _recommend
+from pqorder.analysis.search import SearchResult, search_orders
+from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
+from pqorder.analysis.units import InterferenceResult, analyze_interference, dense_hessians
+from pqorder.data.calibration import CalibrationSpec
+from pqorder.eval.perplexity import PerplexityProtocol
+from pqorder.models.loading import load_model
+from pqorder.pipeline import Step, parse_step
+from pqorder.prefix_cache import PrefixCache
+from pqorder.report import write_report
+from pqorder.store import RunStore
+from pqorder.study import Study
+
+
+def open_study(
+    model: str = "smollm2-135m",
+    name: str = "study",
+    protocol: PerplexityProtocol | None = None,
+    calibration: CalibrationSpec | None = None,
+    store: RunStore | str | Path | None = None,
+    cache: PrefixCache | bool = True,
+    sequential: bool = False,
+    progress: bool = True,
+) -> Study:
+    """Load ``model`` and open a study that stores runs (default store) and reuses prefixes."""
+    protocol = protocol or PerplexityProtocol()
+    protocol.validate()
+    calibration = calibration or CalibrationSpec()
+    calibration.validate()
+    if not isinstance(store, RunStore):
+        store = RunStore(store)
+    if cache is True:
+        cache = PrefixCache()
+    lm = load_model(model)
+    return Study(lm, protocol, calibration, store, cache or None, name, sequential, progress)
+
+
+def _steps(steps: Sequence[str | Step]) -> list[Step]:
+    return [parse_step(s) if isinstance(s, str) else s for s in steps]
+
+
+def recommend(
+    study: Study,
+    steps: Sequence[str | Step],
+    options: CurveOptions | None = None,
+    collapse_factor: float = 3.0,
+) -> Recommendation:
+    rec = _recommend(study, _steps(steps), options, collapse_factor)
+    _save(study, "recommend", rec.to_dict())
+    return rec
+
+
+def search(
+    study: Study,
+    steps: Sequence[str | Step],
+    pih_order: Sequence[str] | None = None,
+    beam_width: int = 3,
+) -> SearchResult:
+    result = search_orders(study, _steps(steps), pih_order, beam_width)
+    _save(study, "search", result.to_dict())
+    return result
+
+
+def sweep(
+    study: Study,
+    pruners: Sequence[str],
+    ratios: Sequence[float],
+    quantizer: str,
+    bits: Sequence[int],
+    plot: Path | str | None = None,
+    options: CurveOptions | None = None,
+) -> SweepResult:
+    result = run_sweep(study, pruners, ratios, quantizer, bits, options, study.progress)
+    _save(study, "sweep", result.to_dict())
+    if plot is not None:
+        plot_sweep(result, Path(plot))
+    return result
+
+
+def interference(
+    study: Study, pairs: Sequence[tuple[str | Step, str | Step]]
+) -> list[InterferenceResult]:
+    """Order-dependent units and interference Δ for each (pruning, quantization) pair."""
+    hessians = dense_hessians(study)
+    results = []
+    for p, q in pairs:
+        prune, quant = _steps([p, q])
+        result = analyze_interference(study, prune, quant, hessians)
+        _save(study, "interference", result.to_dict())
+        results.append(result)
+    return results
+
+
+def report(study: Study | str, folder: Path | str, store: RunStore | None = None) -> Path:
+    """Markdown + HTML report of a study (by object or name) from the store."""
+    name = study if isinstance(study, str) else study.name
+    store = store or (RunStore() if isinstance(study, str) else study.store)
+    md, _html = write_report(store, name, Path(folder))
+    return md
+
+
+def _save(study: Study, kind: str, payload: dict) -> None:
+    if study.store is not None:
+        study.store.put_analysis(study.name, kind, payload)

@@ -1,0 +1,78 @@
+"""The Typer app, options shared by commands, and the entry point."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pqorder.errors import PqorderError
+
+app = typer.Typer(
+    help="Joint model compression where the order of methods is measured and optimized.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Wide tables stay readable when piped (rich falls back to 80 columns without a terminal).
+console = Console(width=shutil.get_terminal_size((150, 40)).columns)
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m), directory or hub id.")
+]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="Evaluation text: austen:<novel>, pydoc, file:PATH, ...")
+]
+SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
+MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
+BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
+CalibOpt = Annotated[str, typer.Option("--calib", help="Calibration text source.")]
+CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration samples.")]
+CalibSeqlenOpt = Annotated[int, typer.Option(help="Tokens per calibration sample.")]
+SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
+SequentialOpt = Annotated[
+    bool, typer.Option(help="Compress sub-layer groups in sequence within each block.")
+]
+PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
+
+
+@app.callback()
+def _options(
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for torch (0 = torch's default).", min=0)
+    ] = 0,
+) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def main() -> None:
+    """Entry point: PqorderError becomes one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PqorderError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def calibration_spec(source: str, samples: int, seqlen: int, seed: int, data: str):
+    from pqorder.data.calibration import CalibrationSpec
+    from pqorder.data.sources import disjoint_specs
+
+    source, _ = disjoint_specs(source, data)
+    spec = CalibrationSpec(source, samples, seqlen, seed)
+    spec.validate()
+    return spec
+
+
+def perplexity_protocol(data: str, seqlen: int, max_tokens: int, batch_size: int):
+    from pqorder.eval.perplexity import PerplexityProtocol
+
+    protocol = PerplexityProtocol(data, seqlen, max_tokens or None, batch_size)
+    protocol.validate()
+    return protocol

@@ -1,0 +1,392 @@
+"""Order-analysis commands: recommend, search, sweep, interference, runs, report, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pqorder.cli.app import (
+    BatchOpt,
+    CalibOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
+    DataOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    SeqlenOpt,
+    app,
+    calibration_spec,
+    console,
+    perplexity_protocol,
+)
+
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Run store (SQLite); default in the cache dir.")
+]
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name runs are filed under.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached prefixes.")]
+MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order (repeatable).")]
+
+
+def _study(
+    model,
+    study,
+    data,
+    seqlen,
+    max_tokens,
+    batch_size,
+    calib,
+    samples,
+    cseqlen,
+    seed,
+    store,
+    no_cache,
+):
+    from pqorder import api
+
+    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
+    calibration = calibration_spec(calib, samples, cseqlen, seed, data)
+    return api.open_study(model, study, protocol, calibration, store, cache=not no_cache)
+
+
+def print_recommendation(rec) -> None:
+    table = Table(
+        "method",
+        "family",
+        "granularity",
+        "ppl alone",
+        "G vs dense",
+        "CER C*",
+        title=f"intensity (dense perplexity {rec.intensity.dense.perplexity:.2f})",
+    )
+    dense = rec.intensity.dense.metric
+    for m in rec.intensity.methods:
+        gap = f"{dense - m.metric:.2f}" if m.run.ok else "failed"
+        ppl = f"{m.run.perplexity:.2f}" if m.run.ok else "failed"
+        table.add_row(m.step, m.family, m.granularity, ppl, gap, m.cer.describe())
+    console.print(table)
+    gaps = ", ".join("?" if g is None else f"{g:+.3f}" for g in rec.cer_gaps)
+    console.print(f"recommended order (weaker first): [bold]{' > '.join(rec.order)}[/]")
+    console.print(f"confidence: {rec.confidence} (CER gap {gaps})")
+    for w in rec.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def print_search(res) -> None:
+    table = Table("order", "perplexity", "status", title="orders (best first)")
+    for order, run in res.orders:
+        table.add_row(" > ".join(order), f"{run.perplexity:.2f}" if run.ok else "-", run.status)
+    console.print(table)
+    for pair, a in res.advantages.items():
+        console.print(f"A({pair}) = {a:+.3f}  (−perplexity)")
+    verdict = {True: "yes", False: "no", None: "-"}[res.pih_was_best]
+    s = res.spend
+    console.print(f"best: [bold]{' > '.join(res.best)}[/]; PIH recommendation was best: {verdict}")
+    console.print(
+        f"compute: {s.applied_steps} steps applied ({s.applied_seconds:.0f} s) vs "
+        f"{s.naive_steps} without reuse; {s.cache_hits} prefix-cache hits, "
+        f"{s.stored_hits} stored runs reused"
+    )
+
+
+def _steps(texts: list[str]):
+    from pqorder.pipeline import parse_step
+
+    return [parse_step(t) for t in texts]
+
+
+@app.command()
+def recommend(
+    methods: MethodsArg,
+    model: ModelOpt = "smollm2-135m",
+    study: StudyOpt = "default",
+    collapse: Annotated[float, typer.Option(help="Collapse zone: ppl alone > this × dense.")] = 3.0,
+    reference: Annotated[str, typer.Option(help="CER reference quantizer.")] = "rtn:group=128",
+    bits: Annotated[str, typer.Option(help="Reference curve bit-widths.")] = "3,4,5,6,7,8",
+    ratio: Annotated[
+        str, typer.Option(help="C_Q mapping: fraction (1−b/B) or factor (B/b).")
+    ] = "fraction",
+    reference_bits: Annotated[int, typer.Option(help="B, the uncompressed bit-width.")] = 16,
+    space: Annotated[str, typer.Option(help="Interpolate in 'metric' or 'logppl'.")] = "metric",
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+    calib: CalibOpt = "austen:pride",
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seqlen: CalibSeqlenOpt = 512,
+    seed: SeedOpt = 0,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Which method is stronger here, and the weaker-first order to use."""
+    from pqorder import api
+
+    options = _curve_options(reference, bits, ratio, reference_bits, space)
+    steps = _steps(methods)
+    s = _study(
+        model,
+        study,
+        data,
+        seqlen,
+        max_tokens,
+        batch_size,
+        calib,
+        calib_samples,
+        calib_seqlen,
+        seed,
+        store,
+        no_cache,
+    )
+    print_recommendation(api.recommend(s, steps, options, collapse))
+
+
+def _curve_options(reference, bits, ratio, reference_bits, space):
+    from pqorder.analysis.intensity import CurveOptions
+    from pqorder.errors import ConfigError
+
+    if ratio not in ("fraction", "factor"):
+        raise ConfigError(f"--ratio must be 'fraction' or 'factor', got '{ratio}'")
+    if space not in ("metric", "logppl"):
+        raise ConfigError(f"--space must be 'metric' or 'logppl', got '{space}'")
+    return CurveOptions(reference, _ints(bits, "--bits"), ratio, reference_bits, space)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    from pqorder.errors import ConfigError
+
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got '{text}'") from None
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    from pqorder.errors import ConfigError
+
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, got '{text}'") from None
+
+
+@app.command()
+def search(
+    methods: MethodsArg,
+    model: ModelOpt = "smollm2-135m",
+    study: StudyOpt = "default",
+    beam: Annotated[int, typer.Option(help="Beam width for more than 4 methods.")] = 3,
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+    calib: CalibOpt = "austen:pride",
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seqlen: CalibSeqlenOpt = 512,
+    seed: SeedOpt = 0,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Try the orders (all of them for up to 4 methods) and compare with the PIH order."""
+    from pqorder import api
+
+    steps = _steps(methods)
+    s = _study(
+        model,
+        study,
+        data,
+        seqlen,
+        max_tokens,
+        batch_size,
+        calib,
+        calib_samples,
+        calib_seqlen,
+        seed,
+        store,
+        no_cache,
+    )
+    from pqorder.analysis.recommend import weaker_first
+
+    pih = [p.to_text() for p in weaker_first(s, steps)]
+    print_search(api.search(s, steps, pih, beam))
+
+
+@app.command()
+def sweep(
+    prune: Annotated[list[str], typer.Option(help="Pruning method (repeatable).")] = ["magnitude"],  # noqa: B006
+    ratios: Annotated[str, typer.Option(help="Pruning ratios.")] = "0.1,0.2,0.3",
+    quant: Annotated[str, typer.Option(help="Quantizer (bits filled in).")] = "rtn:group=128",
+    bits: Annotated[str, typer.Option(help="Bit-widths.")] = "3,4,5",
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("sweep.png"),
+    model: ModelOpt = "smollm2-135m",
+    study: StudyOpt = "default",
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+    calib: CalibOpt = "austen:pride",
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seqlen: CalibSeqlenOpt = 512,
+    seed: SeedOpt = 0,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Both orders over pruning ratios × bit-widths: A(Q→P) against the CER gap, with ρ."""
+    from pqorder import api
+
+    ratio_values, bit_values = _floats(ratios, "--ratios"), _ints(bits, "--bits")
+    s = _study(
+        model,
+        study,
+        data,
+        seqlen,
+        max_tokens,
+        batch_size,
+        calib,
+        calib_samples,
+        calib_seqlen,
+        seed,
+        store,
+        no_cache,
+    )
+    result = api.sweep(s, prune, ratio_values, quant, bit_values, plot)
+    print_sweep(result)
+    console.print(f"plot: {plot}")
+
+
+def print_sweep(result) -> None:
+    table = Table(
+        "pruner",
+        "ratio",
+        "bits",
+        "P→Q",
+        "Q→P",
+        "CER gap",
+        "A(Q→P)",
+        title="sweep (perplexity; A in −perplexity)",
+    )
+    for p in result.points:
+        table.add_row(
+            p.prune,
+            f"{p.ratio:g}",
+            str(p.bits),
+            _num(p.ppl_prune_then_quant),
+            _num(p.ppl_quant_then_prune),
+            _num(p.cer_gap, 3),
+            _num(p.advantage_q_first, 2, "+"),
+        )
+    console.print(table)
+    console.print(
+        "Spearman ρ(A, CER gap): "
+        + ", ".join(f"{k} {_num(v, 2)}" for k, v in sorted(result.rho.items()))
+    )
+
+
+def _num(value, digits: int = 2, sign: str = "") -> str:
+    return "-" if value is None else f"{value:{sign}.{digits}f}"
+
+
+@app.command()
+def interference(
+    pair: Annotated[list[str], typer.Option(help="'prune-step | quant-step' (repeatable).")],
+    model: ModelOpt = "smollm2-135m",
+    study: StudyOpt = "default",
+    data: DataOpt = "austen:emma",
+    seqlen: SeqlenOpt = 512,
+    max_tokens: MaxTokensOpt = 8192,
+    batch_size: BatchOpt = 4,
+    calib: CalibOpt = "austen:pride",
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seqlen: CalibSeqlenOpt = 512,
+    seed: SeedOpt = 0,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Order-dependent units, the advantage they predict, and the interference remainder."""
+    from pqorder import api
+    from pqorder.errors import ConfigError
+
+    pairs = []
+    for text in pair:
+        if "|" not in text:
+            raise ConfigError(f"--pair takes 'prune-step | quant-step', got '{text}'")
+        p, q = (t.strip() for t in text.split("|", 1))
+        pairs.append((p, q))
+    s = _study(
+        model,
+        study,
+        data,
+        seqlen,
+        max_tokens,
+        batch_size,
+        calib,
+        calib_samples,
+        calib_seqlen,
+        seed,
+        store,
+        no_cache,
+    )
+    print_interference(api.interference(s, pairs))
+
+
+def print_interference(results) -> None:
+    table = Table("P", "Q", "A measured", "A predicted", "Δ interference", "order-dep. units")
+    for r in results:
+        table.add_row(
+            r.prune,
+            r.quant,
+            _num(r.measured, 3, "+"),
+            _num(r.predicted, 3, "+"),
+            _num(r.interference, 3, "+"),
+            f"{r.order_dependent_units}/{len(r.units)}",
+        )
+    console.print(table)
+
+
+@app.command()
+def runs(
+    study: Annotated[str | None, typer.Option(help="Only this study.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    status: Annotated[str | None, typer.Option(help="ok or failed.")] = None,
+    contains: Annotated[str | None, typer.Option(help="Pipeline text contains.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Write the rows to .csv or .json.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """List (and export) stored runs."""
+    from pqorder.store import RunStore
+
+    db = RunStore(store)
+    rows = db.query(study, model, status, contains)
+    table = Table("id", "study", "model", "pipeline", "perplexity", "status", "seconds")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.study,
+            r.model,
+            r.pipeline,
+            _num(r.perplexity),
+            r.status,
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    if export:
+        db.export(rows, export)
+        console.print(f"exported {len(rows)} runs to {export}")
+
+
+@app.command()
+def report(
+    study: StudyOpt = "default",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
+    store: StoreOpt = None,
+) -> None:
+    """Markdown and HTML report of a study from the run store, with plots."""
+    from pqorder.report import write_report
+    from pqorder.store import RunStore
+
+    md, page = write_report(RunStore(store), study, out)
+    console.print(f"report: {md}  and  {page}")
