@@ -55,9 +55,25 @@ def tiny(_tiny_session) -> LoadedModel:
     return lm
 
 
+@pytest.fixture
+def dense_tiny(_tiny_session):
+    return _tiny_session[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_calibration(_tiny_session):
     """8 samples × 128 tokens of Pride and Prejudice, seed 0."""
     return sample_calibration(
         CalibrationSpec("austen:pride", 8, 128, 0), _tiny_session[0].tokenizer
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(_tiny_session, tmp_path_factory):
+    """The two-block SmolLM2 saved as a checkpoint directory (for CLI subprocesses)."""
+    lm, dense = _tiny_session
+    restore_snapshot(lm, dense)
+    folder = tmp_path_factory.mktemp("tiny-smollm2")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder

@@ -17,6 +17,7 @@ from dataclasses import asdict, astuple, dataclass
 from torch import Tensor
 
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
+from pqorder.data.sources import load_text
 from pqorder.engine import StepRecord, apply_step, check_pipeline
 from pqorder.errors import PqorderError
 from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
@@ -54,6 +55,7 @@ class Study:
     ) -> None:
         self.lm, self.protocol, self.store, self.cache = lm, protocol, store, cache
         self.calibration = calibration or CalibrationSpec()
+        load_text(protocol.dataset)  # a missing dataset is an error now, not a failed run
         self.name, self.sequential, self.progress = name, sequential, progress
         self._dense = take_snapshot(lm)
         self._position: tuple[str, ...] | None = ()  # steps the model currently holds

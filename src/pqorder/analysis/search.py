@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 
 from pqorder.analysis.recommend import strength
 from pqorder.errors import ConfigError
-from pqorder.pipeline import Step
+from pqorder.pipeline import Step, parse_step
 from pqorder.store import Run
 from pqorder.study import Spend, Study
 
@@ -107,6 +107,8 @@ def search_orders(
     if len(set(texts)) != len(texts):
         raise ConfigError("the same step is listed twice; an order needs distinct steps")
     by_text = dict(zip(texts, steps, strict=True))
+    if pih_order is not None:
+        pih_order = [parse_step(t).to_text() for t in pih_order]  # canonical text form
     if pih_order is not None and sorted(pih_order) != sorted(texts):
         raise ConfigError("the PIH order to check must be a permutation of the searched steps")
     pih = [by_text[t] for t in pih_order] if pih_order else list(steps)

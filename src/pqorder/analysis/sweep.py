@@ -164,7 +164,16 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "") -> Path:
     ax.set_ylabel("order advantage  A(Q→P)  [−perplexity]")
     rho = result.rho.get("all")
     ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no point has a CER inside the reference curve",
+            ha="center",
+            transform=ax.transAxes,
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -54,7 +54,7 @@ def _options(
 def main() -> None:
     """Entry point: PqorderError becomes one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except PqorderError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

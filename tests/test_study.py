@@ -1,0 +1,147 @@
+"""Studies on real SmolLM2 weights (first two blocks): prefix reuse, stored runs, search,
+failed runs, interference, report. Evaluation: 1,024 tokens of Emma in 256-token windows."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from pqorder import api
+from pqorder.analysis.search import search_orders
+from pqorder.data.calibration import CalibrationSpec
+from pqorder.engine import apply_step
+from pqorder.errors import ConfigError
+from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
+from pqorder.models.adapter import compressible_units, get_weight
+from pqorder.pipeline import parse_step
+from pqorder.prefix_cache import PrefixCache
+from pqorder.snapshot import restore_snapshot
+from pqorder.store import RunStore
+from pqorder.study import Study
+
+PROTOCOL = PerplexityProtocol("austen:emma", seqlen=256, max_tokens=1024, batch_size=4)
+CALIBRATION = CalibrationSpec("austen:pride", n_samples=8, seqlen=128, seed=0)
+
+
+@pytest.fixture
+def study(tiny, tmp_path):
+    s = Study(
+        tiny,
+        PROTOCOL,
+        CALIBRATION,
+        RunStore(tmp_path / "runs.sqlite"),
+        PrefixCache(tmp_path / "prefixes"),
+        name="t",
+    )
+    yield s
+    s.reset()
+
+
+def _weights(lm):
+    return {n: get_weight(m) for n, m in compressible_units(lm.model).items()}
+
+
+def test_cached_prefix_plus_one_step_is_bit_identical(study, tiny, dense_tiny):
+    p, q = parse_step("sparsegpt:ratio=0.3"), parse_step("gptq:bits=4,group=64")
+    study.evaluate((p,))  # caches the prefix
+    study.evaluate((q,))  # moves the model elsewhere
+    study.evaluate((p, q))  # must load P from the cache, then apply Q
+    assert study.spend.cache_hits == 1
+    reused = _weights(tiny)
+    restore_snapshot(tiny, dense_tiny)
+    tokens = study.calibration_tokens()
+    apply_step(tiny, p, tokens, progress=False)
+    apply_step(tiny, q, tokens, progress=False)
+    fresh = _weights(tiny)
+    assert all(torch.equal(reused[n], fresh[n]) for n in fresh)
+
+
+def test_stored_runs_are_not_recomputed(study, tmp_path):
+    step = parse_step("magnitude:ratio=0.3")
+    first = study.evaluate((step,))
+    again = study.evaluate((step,))
+    assert again.id == first.id and study.spend.stored_hits == 1
+    other = Study(study.lm, PROTOCOL, CALIBRATION, RunStore(tmp_path / "runs.sqlite"), name="t")
+    assert other.evaluate((step,)).id == first.id and other.spend.applied_steps == 0
+    changed = PerplexityProtocol("austen:emma", seqlen=128, max_tokens=1024, batch_size=4)
+    third = Study(study.lm, changed, CALIBRATION, RunStore(tmp_path / "runs.sqlite"), name="t")
+    assert third.evaluate((step,)).id != first.id  # another protocol is another run
+
+
+def test_search_finds_the_true_best_and_reuses_prefixes(study, tiny, dense_tiny):
+    texts = ["magnitude:ratio=0.3", "rtn:bits=3,group=64", "wanda:ratio=0.2"]
+    steps = [parse_step(t) for t in texts]
+    result = search_orders(study, steps, pih_order=texts)
+    assert result.exhaustive and len(result.orders) == 6
+    # brute force without any reuse: every order from the dense model
+    truth = {}
+    tokens = study.calibration_tokens()
+    for order in itertools.permutations(steps):
+        restore_snapshot(tiny, dense_tiny)
+        for s in order:
+            apply_step(tiny, s, tokens, progress=False)
+        ppl = evaluate_perplexity(tiny.model, tiny.tokenizer, PROTOCOL, progress=False)
+        truth[tuple(s.to_text() for s in order)] = ppl.perplexity
+    assert result.best == min(truth, key=truth.get)
+    for order, run in result.orders:
+        assert run.perplexity == pytest.approx(truth[order], rel=1e-6)
+    assert result.spend.applied_steps == 3 + 6 + 6  # each distinct prefix once
+    assert result.naive_steps == 18
+    assert result.pih_was_best == (tuple(s.to_text() for s in steps) == result.best)
+
+
+def test_bad_order_questions(study):
+    with pytest.raises(ConfigError, match="at least two"):
+        search_orders(study, [parse_step("rtn:bits=4")])
+    with pytest.raises(ConfigError, match="twice"):
+        search_orders(study, [parse_step("rtn:bits=4"), parse_step("rtn:bits=4")])
+    with pytest.raises(ConfigError, match="at least two"):
+        api.recommend(study, ["rtn:bits=4"])
+    with pytest.raises(ConfigError, match="none of the methods changes"):
+        api.recommend(study, ["magnitude:ratio=0.0", "wanda:ratio=0.0"])
+
+
+def test_nan_metric_is_recorded_as_failed_and_the_study_goes_on(study, monkeypatch):
+    import pqorder.study as study_module
+
+    real = study_module.evaluate_perplexity
+
+    def flaky(model, tokenizer, protocol, progress=True):
+        result = real(model, tokenizer, protocol, progress)
+        if study.lm.state.units and study.lm.state.get(next(iter(study.lm.state.units))).grid:
+            return type(result)(math.nan, math.nan, result.tokens, result.windows, protocol)
+        return result
+
+    monkeypatch.setattr(study_module, "evaluate_perplexity", flaky)
+    steps = [parse_step("magnitude:ratio=0.2"), parse_step("rtn:bits=4")]
+    result = search_orders(study, steps)
+    assert all(not run.ok for _order, run in result.orders)
+    failed = study.store.query(status="failed")
+    assert len(failed) == 2 and "nan" in failed[0].error
+    assert study.evaluate((steps[0],)).ok
+
+
+def test_recommend_interference_and_report(study, tmp_path):
+    rec = api.recommend(study, ["magnitude:ratio=0.3", "rtn:bits=4,group=128"])
+    assert sorted(rec.order) == sorted(["magnitude:ratio=0.3", "rtn:bits=4,group=128,sym=false"])
+    assert any("interference expected" in w for w in rec.warnings)
+    assert len(rec.cer_gaps) == 1
+    (res,) = api.interference(study, [("magnitude:ratio=0.3", "rtn:bits=4,group=128")])
+    assert res.measured is not None and res.kappa > 0
+    assert res.interference == pytest.approx(res.measured - res.predicted)
+    assert len(res.units) == 14 and res.order_dependent_units > 0
+    sweep = api.sweep(study, ["magnitude"], [0.1, 0.3], "rtn:group=128", [3, 4])
+    assert len(sweep.points) == 4 and "all" in sweep.rho
+    md = api.report(study, tmp_path / "report")
+    text = md.read_text()
+    for section in (
+        "Protocol",
+        "Intensity and recommendation",
+        "Sweep",
+        "interference",
+        "All runs",
+    ):
+        assert section in text
+    assert (tmp_path / "report" / "sweep.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "report.html").exists()
