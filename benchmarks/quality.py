@@ -42,7 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--skip-alone", action="store_true")
+    parser.add_argument("--skip-alone", action="store_true", help="only the order pairs")
+    parser.add_argument("--skip-pairs", action="store_true", help="only methods alone")
+    parser.add_argument("--only", nargs="*", help="steps to run alone (default: the table)")
     args = parser.parse_args()
     calibration = CalibrationSpec("austen:pride", args.samples, args.seqlen, 0)
     protocol = PerplexityProtocol("austen:emma", 512, 8192, 4)
@@ -52,13 +54,15 @@ def main() -> None:
     ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=False).perplexity
     print(f"{'dense':28s} {ppl:9.2f}", flush=True)
     if not args.skip_alone:
-        for text in ALONE:
+        for text in args.only or ALONE:
             restore_snapshot(lm, dense)
             start = time.perf_counter()
             run_pipeline(lm, parse_pipeline(text), calibration, progress=False)
             seconds = time.perf_counter() - start
             ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=False).perplexity
             print(f"{text:28s} {ppl:9.2f}   ({seconds:.0f} s)", flush=True)
+    if args.skip_pairs:
+        return
     restore_snapshot(lm, dense)
     prune, quant = ([parse_step(t) for t in group] for group in PAIRS)
     grid = order_grid(lm, prune, quant, protocol, calibration, progress=False)

@@ -97,3 +97,57 @@ def test_saved_state_matches_in_memory(smol, tmp_path):
         b = back.state.get(name)
         assert torch.equal(c.mask, b.mask) and torch.equal(c.grid.scale, b.grid.scale)
     assert Path(tmp_path / "m" / "pqorder.json").exists()
+
+
+def test_order_commands_end_to_end(tiny_dir, tmp_path):
+    common = [
+        "-m",
+        str(tiny_dir),
+        "--seqlen",
+        "256",
+        "--max-tokens",
+        "512",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "64",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+        "--study",
+        "cli",
+    ]
+    methods = ["--methods", "magnitude:ratio=0.3", "--methods", "rtn:bits=4,group=128"]
+    res = run("recommend", *methods, *common, "--bits", "3,4,8")
+    assert res.returncode == 0, res.stderr
+    assert "recommended order" in res.stdout and "confidence" in res.stdout
+    res = run("search", *methods, *common)
+    assert res.returncode == 0, res.stderr
+    assert "steps applied" in res.stdout and "PIH recommendation was best" in res.stdout
+    res = run("interference", "--pair", "magnitude:ratio=0.3 | rtn:bits=4,group=128", *common)
+    assert res.returncode == 0, res.stderr
+    assert "interference" in res.stdout
+    res = run(
+        "runs",
+        "--study",
+        "cli",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+        "--export",
+        str(tmp_path / "runs.csv"),
+    )
+    assert res.returncode == 0 and (tmp_path / "runs.csv").exists()
+    res = run(
+        "report",
+        "--study",
+        "cli",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+        "-o",
+        str(tmp_path / "rep"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Order search" in (tmp_path / "rep" / "report.md").read_text()
+    bad = run("recommend", "--methods", "rtn:bits=4", *common)
+    assert bad.returncode == 2 and "at least two" in bad.stderr
+    bad = run("sweep", "--bits", "3,x", *common)
+    assert bad.returncode == 2 and "comma-separated" in bad.stderr

@@ -7,6 +7,7 @@ front; ``run_pipeline`` applies them in that order through the one engine.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,16 @@ class Step:
         return self.method.name
 
     def to_text(self) -> str:
-        params = self.method.config.model_dump(exclude_none=True)
-        body = ",".join(f"{k}={_format(v)}" for k, v in params.items())
-        return f"{self.name}:{body}" if body else self.name
+        """Canonical text: every setting spelled out (the key of stored runs and caches)."""
+        return _text(self.name, self.method.config.model_dump(exclude_none=True))
+
+    def label(self) -> str:
+        """Short text for tables: settings that differ from the defaults, plus key ones."""
+        config = self.method.config
+        shown = config.model_dump(exclude_defaults=True)
+        for key in config.always_show:
+            shown.setdefault(key, getattr(config, key))
+        return _text(self.name, {k: shown[k] for k in config.model_dump() if k in shown})
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,21 @@ class Pipeline:
 
     def __add__(self, other: Pipeline) -> Pipeline:
         return Pipeline(self.steps + other.steps)
+
+
+def _text(name: str, params: dict[str, Any]) -> str:
+    body = ",".join(f"{k}={_format(v)}" for k, v in params.items())
+    return f"{name}:{body}" if body else name
+
+
+def label(text: str) -> str:
+    """The short label of a step given in any text form."""
+    return parse_step(text).label()
+
+
+def order_label(texts: Sequence[str]) -> str:
+    """Short labels of an order's steps, joined by the pipeline separator."""
+    return f" {STEP_SEPARATOR} ".join(label(t) for t in texts)
 
 
 def _format(value: Any) -> str:

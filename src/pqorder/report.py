@@ -13,6 +13,7 @@ from pathlib import Path
 from pqorder.analysis.sweep import SweepPoint, SweepResult, plot_sweep
 from pqorder.errors import PqorderError
 from pqorder.models.loading import CAVEATS
+from pqorder.pipeline import label, order_label
 from pqorder.store import RunStore
 
 
@@ -38,7 +39,7 @@ def _latest(analyses: list[dict], kind: str) -> dict | None:
 def _recommend_blocks(rec: dict) -> list[Block]:
     rows = [
         [
-            m["step"],
+            label(m["step"]),
             m["family"],
             m["granularity"],
             m["perplexity"],
@@ -51,7 +52,7 @@ def _recommend_blocks(rec: dict) -> list[Block]:
         Block(
             "p",
             f"Dense perplexity {_fmt(rec['dense_perplexity'])}. Recommended order "
-            f"(weaker first): **{' > '.join(rec['order'])}**; confidence "
+            f"(weaker first): **{order_label(rec['order'])}**; confidence "
             f"{rec['confidence']} (CER gaps {', '.join(_fmt(g) for g in rec['cer_gaps'])}).",
         ),
         Block("table", (["method", "family", "granularity", "perplexity alone", "CER C*"], rows)),
@@ -62,7 +63,7 @@ def _recommend_blocks(rec: dict) -> list[Block]:
 
 
 def _search_blocks(res: dict) -> list[Block]:
-    rows = [[" > ".join(o["order"]), o["perplexity"], o["status"]] for o in res["orders"]]
+    rows = [[order_label(o["order"]), o["perplexity"], o["status"]] for o in res["orders"]]
     spend = res["spend"]
     verdict = {True: "yes", False: "no", None: "not checked"}[res["pih_was_best"]]
     return [
@@ -70,7 +71,7 @@ def _search_blocks(res: dict) -> list[Block]:
         Block("table", (["order", "perplexity", "status"], rows)),
         Block(
             "p",
-            f"Best order: **{' > '.join(res['best'])}**. Was the PIH recommendation "
+            f"Best order: **{order_label(res['best'])}**. Was the PIH recommendation "
             f"the best? {verdict}. Steps applied {spend['applied_steps']} vs "
             f"{spend['naive_steps']} without reuse "
             f"({spend['cache_hits']} prefix-cache hits, {spend['stored_hits']} stored runs).",
@@ -110,8 +111,8 @@ def _sweep_blocks(sweep: dict, folder: Path) -> list[Block]:
 def _interference_blocks(items: list[dict]) -> list[Block]:
     rows = [
         [
-            i["prune"],
-            i["quant"],
+            label(i["prune"]),
+            label(i["quant"]),
             i["measured"],
             i["predicted"],
             i["interference"],

@@ -11,9 +11,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+from tqdm.auto import tqdm
+
 from pqorder.analysis.recommend import strength
 from pqorder.errors import ConfigError
-from pqorder.pipeline import Step, parse_step
+from pqorder.pipeline import Step, label, parse_step
 from pqorder.store import Run
 from pqorder.study import Spend, Study
 
@@ -76,7 +78,7 @@ def _pairwise_advantages(results: dict[tuple[str, ...], Run]) -> dict[str, float
         before = [r.metric for o, r in results.items() if r.ok and o.index(a) < o.index(b)]
         after = [r.metric for o, r in results.items() if r.ok and o.index(a) > o.index(b)]
         if before and after and a < b:
-            out[f"{a} → {b}"] = statistics.mean(before) - statistics.mean(after)
+            out[f"{label(a)} → {label(b)}"] = statistics.mean(before) - statistics.mean(after)
     return out
 
 
@@ -115,10 +117,9 @@ def search_orders(
     before = replace(study.spend)
     exhaustive = len(steps) <= EXHAUSTIVE_MAX
     if exhaustive:
-        results = {
-            tuple(s.to_text() for s in order): study.evaluate(order)
-            for order in itertools.permutations(steps)
-        }
+        orders = list(itertools.permutations(steps))
+        bar = tqdm(orders, desc="orders", disable=not study.progress, leave=False)
+        results = {tuple(s.to_text() for s in order): study.evaluate(order) for order in bar}
     else:
         results = _beam(study, steps, pih, beam_width)
     ranked = sorted(results.items(), key=_rank_key)

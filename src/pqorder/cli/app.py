@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shutil
 import sys
+import typing
 from typing import Annotated
 
 import typer
@@ -76,3 +79,73 @@ def perplexity_protocol(data: str, seqlen: int, max_tokens: int, batch_size: int
     protocol = PerplexityProtocol(data, seqlen, max_tokens or None, batch_size)
     protocol.validate()
     return protocol
+
+
+# Option groups shared by many commands: (name, annotated type, default) per option.
+_GROUPS = {
+    "protocol": [
+        ("data", DataOpt, "austen:emma"),
+        ("seqlen", SeqlenOpt, 512),
+        ("max_tokens", MaxTokensOpt, 8192),
+        ("batch_size", BatchOpt, 4),
+    ],
+    "calibration": [
+        ("calib", CalibOpt, "austen:pride"),
+        ("calib_samples", CalibSamplesOpt, 128),
+        ("calib_seqlen", CalibSeqlenOpt, 512),
+        ("seed", SeedOpt, 0),
+    ],
+}
+
+
+def _resolve(annotation: object, fn: typing.Callable) -> object:
+    """A string annotation (PEP 563) evaluated in the command's module."""
+    return eval(annotation, fn.__globals__) if isinstance(annotation, str) else annotation
+
+
+def with_options(*groups: str):
+    """Add an option group's flags to a command and hand it the built value instead.
+
+    ``@with_options("protocol", "calibration")`` gives the command ``--data --seqlen
+    --max-tokens --batch-size --calib --calib-samples --calib-seqlen --seed`` and calls it
+    with ``protocol=PerplexityProtocol(...)`` and ``calibration=CalibrationSpec(...)``,
+    validated before any work starts.
+    """
+
+    def decorate(fn):
+        own = [
+            p.replace(annotation=_resolve(p.annotation, fn))
+            for p in inspect.signature(fn).parameters.values()
+            if p.name not in groups  # the group's value replaces these; never resolved
+        ]
+        extra = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+            )
+            for group in groups
+            for name, annotation, default in _GROUPS[group]
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            raw = {name: kwargs.pop(name) for g in groups for name, _a, _d in _GROUPS[g]}
+            if "protocol" in groups:
+                kwargs["protocol"] = perplexity_protocol(
+                    raw["data"], raw["seqlen"], raw["max_tokens"], raw["batch_size"]
+                )
+            if "calibration" in groups:
+                kwargs["calibration"] = calibration_spec(
+                    raw["calib"],
+                    raw["calib_samples"],
+                    raw["calib_seqlen"],
+                    raw["seed"],
+                    raw.get("data", "austen:emma"),
+                )
+            return fn(**kwargs)
+
+        params = own + extra
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate

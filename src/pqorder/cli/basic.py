@@ -12,22 +12,14 @@ from rich.table import Table
 
 from pqorder.cli.app import (
     PIPELINE_HELP,
-    BatchOpt,
-    CalibOpt,
-    CalibSamplesOpt,
-    CalibSeqlenOpt,
-    DataOpt,
-    MaxTokensOpt,
     ModelOpt,
-    SeedOpt,
-    SeqlenOpt,
     SequentialOpt,
     app,
-    calibration_spec,
     console,
-    perplexity_protocol,
+    with_options,
 )
 from pqorder.errors import ConfigError
+from pqorder.pipeline import label
 
 
 @app.command()
@@ -55,21 +47,16 @@ def methods() -> None:
 
 
 @app.command()
+@with_options("protocol", "calibration")
 def compress(
     model: ModelOpt = "smollm2-135m",
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help=PIPELINE_HELP)] = ...,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (atomic).")] = ...,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Perplexity after.")] = True,
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
-    calib: CalibOpt = "austen:pride",
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seqlen: CalibSeqlenOpt = 512,
-    seed: SeedOpt = 0,
     sequential: SequentialOpt = False,
+    protocol=None,
+    calibration=None,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
     from pqorder.artifacts import check_output_dir, save_compressed
@@ -78,8 +65,6 @@ def compress(
     from pqorder.pipeline import resolve_pipeline, run_pipeline
 
     pipe = resolve_pipeline(pipeline)
-    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
-    calibration = calibration_spec(calib, calib_samples, calib_seqlen, seed, data)
     check_output_dir(out, overwrite)
     lm = load_model(model)
     result = run_pipeline(lm, pipe, calibration, sequential=sequential)
@@ -95,12 +80,17 @@ def compress(
     for r in result.records:
         bits = str(r.bits or "-")
         table.add_row(
-            r.step, r.granularity, str(r.units), f"{r.sparsity:.4f}", bits, f"{r.seconds:.1f}"
+            label(r.step),
+            r.granularity,
+            str(r.units),
+            f"{r.sparsity:.4f}",
+            bits,
+            f"{r.seconds:.1f}",
         )
     console.print(table)
     for r in result.records:
         for note in r.notes:
-            console.print(f"[yellow]{r.step}:[/] {note}")
+            console.print(f"[yellow]{label(r.step)}:[/] {note}")
     if evaluate:
         ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol)
         record["perplexity"] = ppl.to_dict()
@@ -116,19 +106,16 @@ def _describe(result) -> str:
 
 
 @app.command("eval")
+@with_options("protocol")
 def eval_(
     model: ModelOpt = "smollm2-135m",
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    protocol=None,
 ) -> None:
     """Perplexity of a model (alias, hub id, or a pqorder output directory)."""
     from pqorder.eval.perplexity import evaluate_perplexity
     from pqorder.models.loading import load_model
 
-    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
     lm = load_model(model)
     result = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=not as_json)
     if as_json:
@@ -138,19 +125,14 @@ def eval_(
 
 
 @app.command()
+@with_options("protocol", "calibration")
 def grid(
     model: ModelOpt = "smollm2-135m",
     prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
     quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
-    calib: CalibOpt = "austen:pride",
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seqlen: CalibSeqlenOpt = 512,
-    seed: SeedOpt = 0,
+    protocol=None,
+    calibration=None,
 ) -> None:
     """Both orders of every pruning × quantization pair: perplexity and order advantage."""
     from pqorder.models.loading import load_model
@@ -163,8 +145,6 @@ def grid(
         for s in steps:
             if s.method.family != family:
                 raise ConfigError(f"{s.to_text()} is a {s.method.family} step, not {family}")
-    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
-    calibration = calibration_spec(calib, calib_samples, calib_seqlen, seed, data)
     lm = load_model(model)
     result = order_grid(lm, prune_steps, quant_steps, protocol, calibration)
     table = Table(
@@ -181,8 +161,8 @@ def grid(
     for r in result.pairs:
         a = r.advantage_q_first
         table.add_row(
-            r.prune,
-            r.quant,
+            label(r.prune),
+            label(r.quant),
             f"{r.prune_alone:.2f}",
             f"{r.quant_alone:.2f}",
             f"{r.prune_then_quant:.2f}",

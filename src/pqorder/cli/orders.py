@@ -8,21 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pqorder.cli.app import (
-    BatchOpt,
-    CalibOpt,
-    CalibSamplesOpt,
-    CalibSeqlenOpt,
-    DataOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    SeedOpt,
-    SeqlenOpt,
-    app,
-    calibration_spec,
-    console,
-    perplexity_protocol,
-)
+from pqorder.cli.app import ModelOpt, app, console, with_options
+from pqorder.pipeline import label, order_label
 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Run store (SQLite); default in the cache dir.")
@@ -32,25 +19,10 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cache
 MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order (repeatable).")]
 
 
-def _study(
-    model,
-    study,
-    data,
-    seqlen,
-    max_tokens,
-    batch_size,
-    calib,
-    samples,
-    cseqlen,
-    seed,
-    store,
-    no_cache,
-):
+def _study(model, name, protocol, calibration, store, no_cache):
     from pqorder import api
 
-    protocol = perplexity_protocol(data, seqlen, max_tokens, batch_size)
-    calibration = calibration_spec(calib, samples, cseqlen, seed, data)
-    return api.open_study(model, study, protocol, calibration, store, cache=not no_cache)
+    return api.open_study(model, name, protocol, calibration, store, cache=not no_cache)
 
 
 def print_recommendation(rec) -> None:
@@ -67,10 +39,10 @@ def print_recommendation(rec) -> None:
     for m in rec.intensity.methods:
         gap = f"{dense - m.metric:.2f}" if m.run.ok else "failed"
         ppl = f"{m.run.perplexity:.2f}" if m.run.ok else "failed"
-        table.add_row(m.step, m.family, m.granularity, ppl, gap, m.cer.describe())
+        table.add_row(label(m.step), m.family, m.granularity, ppl, gap, m.cer.describe())
     console.print(table)
     gaps = ", ".join("?" if g is None else f"{g:+.3f}" for g in rec.cer_gaps)
-    console.print(f"recommended order (weaker first): [bold]{' > '.join(rec.order)}[/]")
+    console.print(f"recommended order (weaker first): [bold]{order_label(rec.order)}[/]")
     console.print(f"confidence: {rec.confidence} (CER gap {gaps})")
     for w in rec.warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -79,17 +51,17 @@ def print_recommendation(rec) -> None:
 def print_search(res) -> None:
     table = Table("order", "perplexity", "status", title="orders (best first)")
     for order, run in res.orders:
-        table.add_row(" > ".join(order), f"{run.perplexity:.2f}" if run.ok else "-", run.status)
+        table.add_row(order_label(order), f"{run.perplexity:.2f}" if run.ok else "-", run.status)
     console.print(table)
     for pair, a in res.advantages.items():
         console.print(f"A({pair}) = {a:+.3f}  (−perplexity)")
     verdict = {True: "yes", False: "no", None: "-"}[res.pih_was_best]
     s = res.spend
-    console.print(f"best: [bold]{' > '.join(res.best)}[/]; PIH recommendation was best: {verdict}")
+    console.print(f"best: [bold]{order_label(res.best)}[/]; PIH recommendation was best: {verdict}")
     console.print(
         f"compute: {s.applied_steps} steps applied ({s.applied_seconds:.0f} s) vs "
-        f"{s.naive_steps} without reuse; {s.cache_hits} prefix-cache hits, "
-        f"{s.stored_hits} stored runs reused"
+        f"{res.naive_steps} ({res.naive_seconds:.0f} s) without reuse; "
+        f"{s.cache_hits} prefix-cache hits, {s.stored_hits} stored runs reused"
     )
 
 
@@ -100,6 +72,7 @@ def _steps(texts: list[str]):
 
 
 @app.command()
+@with_options("protocol", "calibration")
 def recommend(
     methods: MethodsArg,
     model: ModelOpt = "smollm2-135m",
@@ -112,36 +85,17 @@ def recommend(
     ] = "fraction",
     reference_bits: Annotated[int, typer.Option(help="B, the uncompressed bit-width.")] = 16,
     space: Annotated[str, typer.Option(help="Interpolate in 'metric' or 'logppl'.")] = "metric",
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
-    calib: CalibOpt = "austen:pride",
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seqlen: CalibSeqlenOpt = 512,
-    seed: SeedOpt = 0,
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
+    protocol=None,
+    calibration=None,
 ) -> None:
     """Which method is stronger here, and the weaker-first order to use."""
     from pqorder import api
 
     options = _curve_options(reference, bits, ratio, reference_bits, space)
     steps = _steps(methods)
-    s = _study(
-        model,
-        study,
-        data,
-        seqlen,
-        max_tokens,
-        batch_size,
-        calib,
-        calib_samples,
-        calib_seqlen,
-        seed,
-        store,
-        no_cache,
-    )
+    s = _study(model, study, protocol, calibration, store, no_cache)
     print_recommendation(api.recommend(s, steps, options, collapse))
 
 
@@ -175,40 +129,22 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 @app.command()
+@with_options("protocol", "calibration")
 def search(
     methods: MethodsArg,
     model: ModelOpt = "smollm2-135m",
     study: StudyOpt = "default",
     beam: Annotated[int, typer.Option(help="Beam width for more than 4 methods.")] = 3,
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
-    calib: CalibOpt = "austen:pride",
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seqlen: CalibSeqlenOpt = 512,
-    seed: SeedOpt = 0,
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
+    protocol=None,
+    calibration=None,
 ) -> None:
     """Try the orders (all of them for up to 4 methods) and compare with the PIH order."""
     from pqorder import api
 
     steps = _steps(methods)
-    s = _study(
-        model,
-        study,
-        data,
-        seqlen,
-        max_tokens,
-        batch_size,
-        calib,
-        calib_samples,
-        calib_seqlen,
-        seed,
-        store,
-        no_cache,
-    )
+    s = _study(model, study, protocol, calibration, store, no_cache)
     from pqorder.analysis.recommend import weaker_first
 
     pih = [p.to_text() for p in weaker_first(s, steps)]
@@ -216,6 +152,7 @@ def search(
 
 
 @app.command()
+@with_options("protocol", "calibration")
 def sweep(
     prune: Annotated[list[str], typer.Option(help="Pruning method (repeatable).")] = ["magnitude"],  # noqa: B006
     ratios: Annotated[str, typer.Option(help="Pruning ratios.")] = "0.1,0.2,0.3",
@@ -224,35 +161,16 @@ def sweep(
     plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("sweep.png"),
     model: ModelOpt = "smollm2-135m",
     study: StudyOpt = "default",
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
-    calib: CalibOpt = "austen:pride",
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seqlen: CalibSeqlenOpt = 512,
-    seed: SeedOpt = 0,
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
+    protocol=None,
+    calibration=None,
 ) -> None:
     """Both orders over pruning ratios × bit-widths: A(Q→P) against the CER gap, with ρ."""
     from pqorder import api
 
     ratio_values, bit_values = _floats(ratios, "--ratios"), _ints(bits, "--bits")
-    s = _study(
-        model,
-        study,
-        data,
-        seqlen,
-        max_tokens,
-        batch_size,
-        calib,
-        calib_samples,
-        calib_seqlen,
-        seed,
-        store,
-        no_cache,
-    )
+    s = _study(model, study, protocol, calibration, store, no_cache)
     result = api.sweep(s, prune, ratio_values, quant, bit_values, plot)
     print_sweep(result)
     console.print(f"plot: {plot}")
@@ -291,20 +209,15 @@ def _num(value, digits: int = 2, sign: str = "") -> str:
 
 
 @app.command()
+@with_options("protocol", "calibration")
 def interference(
     pair: Annotated[list[str], typer.Option(help="'prune-step | quant-step' (repeatable).")],
     model: ModelOpt = "smollm2-135m",
     study: StudyOpt = "default",
-    data: DataOpt = "austen:emma",
-    seqlen: SeqlenOpt = 512,
-    max_tokens: MaxTokensOpt = 8192,
-    batch_size: BatchOpt = 4,
-    calib: CalibOpt = "austen:pride",
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seqlen: CalibSeqlenOpt = 512,
-    seed: SeedOpt = 0,
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
+    protocol=None,
+    calibration=None,
 ) -> None:
     """Order-dependent units, the advantage they predict, and the interference remainder."""
     from pqorder import api
@@ -316,20 +229,7 @@ def interference(
             raise ConfigError(f"--pair takes 'prune-step | quant-step', got '{text}'")
         p, q = (t.strip() for t in text.split("|", 1))
         pairs.append((p, q))
-    s = _study(
-        model,
-        study,
-        data,
-        seqlen,
-        max_tokens,
-        batch_size,
-        calib,
-        calib_samples,
-        calib_seqlen,
-        seed,
-        store,
-        no_cache,
-    )
+    s = _study(model, study, protocol, calibration, store, no_cache)
     print_interference(api.interference(s, pairs))
 
 
@@ -337,8 +237,8 @@ def print_interference(results) -> None:
     table = Table("P", "Q", "A measured", "A predicted", "Δ interference", "order-dep. units")
     for r in results:
         table.add_row(
-            r.prune,
-            r.quant,
+            label(r.prune),
+            label(r.quant),
             _num(r.measured, 3, "+"),
             _num(r.predicted, 3, "+"),
             _num(r.interference, 3, "+"),

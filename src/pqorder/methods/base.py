@@ -24,6 +24,7 @@ class MethodConfig(BaseModel):
     """Frozen, strictly validated method settings (unknown keys are errors)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    always_show: ClassVar[tuple[str, ...]] = ()  # settings short labels show even at default
 
 
 class Method(ABC):

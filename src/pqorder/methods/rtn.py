@@ -17,6 +17,7 @@ class QuantConfig(MethodConfig):
     bits: int = 4
     group: int = 0
     sym: bool = False
+    always_show = ("bits",)
 
     @field_validator("bits")
     @classmethod
