@@ -1,7 +1,8 @@
 """Wall time and peak RSS of every method on SmolLM2 (each in its own process).
 
 Protocol: all 210 decoder Linear layers; calibration 128 × 512 tokens of Pride and Prejudice,
-seed 0; 2 CPU threads unless --threads says otherwise. Run: python benchmarks/compress.py
+seed 0; 2 CPU threads unless --threads says otherwise. With --eval, also the perplexity on
+the first 8,192 tokens of Emma in 512-token windows. Run: python benchmarks/compress.py
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import time
 
 DEFAULT_STEPS = [
     "magnitude:ratio=0.5",
-    "rtn:bits=4,group=128",
+    "rtn:bits=4",
+    "rtn:bits=3",
     "wanda:ratio=0.5",
     "sparsegpt:ratio=0.5",
-    "gptq:bits=4,group=128",
+    "wanda:nm=2:4",
+    "sparsegpt:nm=2:4",
+    "gptq:bits=4",
+    "gptq:bits=3",
 ]
 
 
-def measure(step: str, samples: int, seqlen: int, threads: int) -> dict:
+def measure(step: str, samples: int, seqlen: int, threads: int, evaluate: bool) -> dict:
     """Load, compress with one step, report time and this process's peak RSS."""
     import torch
 
@@ -37,10 +42,19 @@ def measure(step: str, samples: int, seqlen: int, threads: int) -> dict:
     result = run_pipeline(
         lm, parse_pipeline(step), CalibrationSpec("austen:pride", samples, seqlen, 0), False
     )
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ppl = None
+    if evaluate:
+        from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
+
+        protocol = PerplexityProtocol("austen:emma", 512, 8192, 4)
+        ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=False).perplexity
     return {
         "step": step,
-        "seconds": time.perf_counter() - start,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "perplexity": ppl,
+        "seconds": seconds,
+        "peak_rss_mb": peak,
         "rss_after_load_mb": loaded_rss,
         "sparsity": result.records[0].sparsity,
         "tokens": samples * seqlen if result.calibration else 0,
@@ -54,16 +68,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval", action="store_true", help="also report perplexity")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.samples, args.seqlen, args.threads)))
+        print(json.dumps(measure(args.one, args.samples, args.seqlen, args.threads, args.eval)))
         return
     fp32_mb = 134.5e6 * 4 / 2**20
     print(
         f"SmolLM2-135M, fp32 weights {fp32_mb:.0f} MB; calibration {args.samples} × {args.seqlen}"
     )
-    print(f"{'step':28s} {'seconds':>8s} {'peak RSS MB':>12s} {'after load':>11s} {'tok/s':>8s}")
+    print(
+        f"{'step':28s} {'seconds':>8s} {'peak RSS MB':>12s} {'after load':>11s} "
+        f"{'calib tok/s':>11s} {'perplexity':>10s}"
+    )
     for step in args.steps:
         cmd = [
             sys.executable,
@@ -76,13 +94,15 @@ def main() -> None:
             str(args.seqlen),
             "--threads",
             str(args.threads),
+            *(["--eval"] if args.eval else []),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         rate = f"{r['tokens'] / r['seconds']:.0f}" if r["tokens"] else "-"
+        ppl = f"{r['perplexity']:.2f}" if r["perplexity"] is not None else "-"
         print(
             f"{step:28s} {r['seconds']:8.1f} {r['peak_rss_mb']:12.0f} "
-            f"{r['rss_after_load_mb']:11.0f} {rate:>8s}",
+            f"{r['rss_after_load_mb']:11.0f} {rate:>11s} {ppl:>10s}",
             flush=True,
         )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pqorder.analysis.intensity import CurveOptions, IntensityReport, measure_intensity
 from pqorder.errors import ConfigError
-from pqorder.pipeline import Step
+from pqorder.pipeline import Step, label
 from pqorder.store import Run
 from pqorder.study import Study
 
@@ -67,17 +67,18 @@ def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -
     out = []
     dense_ppl = report.dense.perplexity
     for m in report.methods:
+        name = label(m.step)
         if not m.run.ok:
-            out.append(f"{m.step} failed alone: {m.run.error}")
+            out.append(f"{name} failed alone: {m.run.error}")
         elif m.run.perplexity > collapse * dense_ppl:
             out.append(
-                f"collapse zone: {m.step} alone gives perplexity {m.run.perplexity:.1f} "
+                f"collapse zone: {name} alone gives perplexity {m.run.perplexity:.1f} "
                 f"(> {collapse:g}× dense {dense_ppl:.1f}); the hypothesis may not hold there"
             )
         if not m.cer.in_range and m.family != "quantize":
-            out.append(f"{m.step} lies outside the reference curve ({m.cer.status})")
+            out.append(f"{name} lies outside the reference curve ({m.cer.status})")
         if m.run.ok and m.run.perplexity == dense_ppl:
-            out.append(f"{m.step} does not change the metric at all")
+            out.append(f"{name} does not change the metric at all")
     if report.non_monotone:
         out.append(f"the reference curve is not monotone at bits {report.non_monotone}")
     prunes = [s for s in steps if s.method.family == "prune"]
@@ -87,8 +88,8 @@ def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -
             fine = p.method.granularity == "element" or p.method.granularity.endswith(" group")
             if fine:
                 out.append(
-                    f"interference expected: {p.to_text()} prunes at {p.method.granularity} "
-                    f"granularity inside {q.to_text()}'s {q.method.granularity} scales"
+                    f"interference expected: {p.label()} prunes at {p.method.granularity} "
+                    f"granularity inside {q.label()}'s {q.method.granularity} scales"
                 )
     if any(s.method.family == "rotate" for s in steps) and prunes:
         out.append("rotation-based quantization makes later pruning much worse: prune first")
