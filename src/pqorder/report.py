@@ -94,6 +94,7 @@ def _sweep_blocks(sweep: dict, folder: Path) -> list[Block]:
             p.ppl_quant_then_prune,
             p.cer_gap,
             p.advantage_q_first,
+            "yes" if p.collapse else "",
         ]
         for p in points
     ]
@@ -103,7 +104,11 @@ def _sweep_blocks(sweep: dict, folder: Path) -> list[Block]:
         Block("p", f"Spearman ρ between A(Q→P) and C*_P − C_Q — {rho}."),
         Block("image", image.name),
         Block(
-            "table", (["pruner", "ratio", "bits", "P→Q ppl", "Q→P ppl", "CER gap", "A(Q→P)"], rows)
+            "table",
+            (
+                ["pruner", "ratio", "bits", "P→Q ppl", "Q→P ppl", "CER gap", "A(Q→P)", "collapse"],
+                rows,
+            ),
         ),
     ]
 

@@ -32,6 +32,7 @@ class SweepPoint:
     cer_prune: float | None
     cer_quant: float
     advantage_q_first: float | None  # A(Q→P)
+    collapse: bool = False  # an order's perplexity exceeds collapse_factor × dense
 
     @property
     def cer_gap(self) -> float | None:
@@ -41,7 +42,8 @@ class SweepPoint:
 @dataclass
 class SweepResult:
     points: list[SweepPoint]
-    rho: dict[str, float | None] = field(default_factory=dict)  # per pruning method + "all"
+    # Spearman ρ(A, CER gap) per pruning method and "all", each also without collapse points
+    rho: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -78,8 +80,13 @@ def run_sweep(
     bits: Sequence[int],
     options: CurveOptions | None = None,
     progress: bool = True,
+    collapse_factor: float = 3.0,
 ) -> SweepResult:
-    """Both orders at every (pruner, ratio, bits); CER from the quantizer's own curve."""
+    """Both orders at every (pruner, ratio, bits); CER from the quantizer's own curve.
+
+    Points where either order's perplexity exceeds ``collapse_factor`` × dense are marked as
+    collapse points (the paper excludes collapse zones); ρ is given with and without them.
+    """
     if not pruners or not ratios or not bits:
         raise ConfigError("a sweep needs at least one pruner, one ratio and one bit-width")
     base_q = parse_step(quantizer)
@@ -96,6 +103,7 @@ def run_sweep(
     q_steps = {b: make_step(base_q.name, {**q_params, "bits": b}) for b in bits}
     options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
     curve = reference_curve(study, options)
+    limit = collapse_factor * study.dense_run().perplexity
     points = []
     total = len(prune_steps) * len(q_steps)
     with tqdm(total=total, desc="sweep", disable=not progress) as bar:
@@ -105,6 +113,8 @@ def run_sweep(
             for b, q in q_steps.items():
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
+                collapse = not (pq.ok and qp.ok) or max(pq.perplexity, qp.perplexity) > limit
+                c_q = quant_ratio(b, curve.mapping, curve.reference_bits)
                 points.append(
                     SweepPoint(
                         pname,
@@ -114,8 +124,9 @@ def run_sweep(
                         pq.perplexity,
                         qp.perplexity,
                         cer_p,
-                        quant_ratio(b, curve.mapping, curve.reference_bits),
+                        c_q,
                         adv,
+                        collapse,
                     )
                 )
                 bar.update()
@@ -127,8 +138,12 @@ def _rhos(points: list[SweepPoint]) -> dict[str, float | None]:
         usable = [p for p in pts if p.cer_gap is not None and p.advantage_q_first is not None]
         return spearman([p.cer_gap for p in usable], [p.advantage_q_first for p in usable])
 
-    out = {name: rho([p for p in points if p.prune == name]) for name in {p.prune for p in points}}
-    out["all"] = rho(points)
+    groups = {name: [p for p in points if p.prune == name] for name in {p.prune for p in points}}
+    groups["all"] = points
+    out = {}
+    for name, pts in sorted(groups.items()):
+        out[name] = rho(pts)
+        out[f"{name} excl. collapse"] = rho([p for p in pts if not p.collapse])
     return out
 
 

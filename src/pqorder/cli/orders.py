@@ -185,6 +185,7 @@ def print_sweep(result) -> None:
         "Q→P",
         "CER gap",
         "A(Q→P)",
+        "collapse",
         title="sweep (perplexity; A in −perplexity)",
     )
     for p in result.points:
@@ -196,6 +197,7 @@ def print_sweep(result) -> None:
             _num(p.ppl_quant_then_prune),
             _num(p.cer_gap, 3),
             _num(p.advantage_q_first, 2, "+"),
+            "yes" if p.collapse else "",
         )
     console.print(table)
     console.print(
