@@ -7,6 +7,7 @@ import inspect
 import shutil
 import sys
 import typing
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,6 +40,11 @@ SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
 SequentialOpt = Annotated[
     bool, typer.Option(help="Compress sub-layer groups in sequence within each block.")
 ]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Run store (SQLite); default in the cache dir.")
+]
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name runs are filed under.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached prefixes.")]
 PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
 
 
@@ -95,7 +101,19 @@ _GROUPS = {
         ("calib_seqlen", CalibSeqlenOpt, 512),
         ("seed", SeedOpt, 0),
     ],
+    "study": [
+        ("model", ModelOpt, "smollm2-135m"),
+        ("study", StudyOpt, "default"),
+        ("store", StoreOpt, None),
+        ("no_cache", NoCacheOpt, False),
+    ],
 }
+
+
+def _open_study(model, name, protocol, calibration, store, no_cache):
+    from pqorder import api
+
+    return api.open_study(model, name, protocol, calibration, store, cache=not no_cache)
 
 
 def _resolve(annotation: object, fn: typing.Callable) -> object:
@@ -109,7 +127,8 @@ def with_options(*groups: str):
     ``@with_options("protocol", "calibration")`` gives the command ``--data --seqlen
     --max-tokens --batch-size --calib --calib-samples --calib-seqlen --seed`` and calls it
     with ``protocol=PerplexityProtocol(...)`` and ``calibration=CalibrationSpec(...)``,
-    validated before any work starts.
+    validated before any work starts. The "study" group (after those two) adds ``--model
+    --study --store --no-cache`` and passes ``study``, a function that opens the Study.
     """
 
     def decorate(fn):
@@ -140,6 +159,16 @@ def with_options(*groups: str):
                     raw["calib_seqlen"],
                     raw["seed"],
                     raw.get("data", "austen:emma"),
+                )
+            if "study" in groups:  # opened on demand, after the command checked its own input
+                kwargs["study"] = functools.partial(
+                    _open_study,
+                    raw["model"],
+                    raw["study"],
+                    kwargs["protocol"],
+                    kwargs["calibration"],
+                    raw["store"],
+                    raw["no_cache"],
                 )
             return fn(**kwargs)
 

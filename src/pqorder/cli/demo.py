@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pqorder.cli.app import app, console
+from pqorder.cli.app import NoCacheOpt, StoreOpt, app, console
 from pqorder.cli.orders import (
-    NoCacheOpt,
-    StoreOpt,
     print_interference,
     print_recommendation,
     print_search,

@@ -8,21 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pqorder.cli.app import ModelOpt, app, console, with_options
+from pqorder.cli.app import StoreOpt, StudyOpt, app, console, with_options
 from pqorder.pipeline import label, order_label
 
-StoreOpt = Annotated[
-    Path | None, typer.Option("--store", help="Run store (SQLite); default in the cache dir.")
-]
-StudyOpt = Annotated[str, typer.Option("--study", help="Study name runs are filed under.")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached prefixes.")]
 MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order (repeatable).")]
-
-
-def _study(model, name, protocol, calibration, store, no_cache):
-    from pqorder import api
-
-    return api.open_study(model, name, protocol, calibration, store, cache=not no_cache)
 
 
 def print_recommendation(rec) -> None:
@@ -72,11 +61,9 @@ def _steps(texts: list[str]):
 
 
 @app.command()
-@with_options("protocol", "calibration")
+@with_options("protocol", "calibration", "study")
 def recommend(
     methods: MethodsArg,
-    model: ModelOpt = "smollm2-135m",
-    study: StudyOpt = "default",
     collapse: Annotated[float, typer.Option(help="Collapse zone: ppl alone > this × dense.")] = 3.0,
     reference: Annotated[str, typer.Option(help="CER reference quantizer.")] = "rtn:group=128",
     bits: Annotated[str, typer.Option(help="Reference curve bit-widths.")] = "3,4,5,6,7,8",
@@ -85,17 +72,16 @@ def recommend(
     ] = "fraction",
     reference_bits: Annotated[int, typer.Option(help="B, the uncompressed bit-width.")] = 16,
     space: Annotated[str, typer.Option(help="Interpolate in 'metric' or 'logppl'.")] = "metric",
-    store: StoreOpt = None,
-    no_cache: NoCacheOpt = False,
     protocol=None,
     calibration=None,
+    study=None,
 ) -> None:
     """Which method is stronger here, and the weaker-first order to use."""
     from pqorder import api
 
     options = _curve_options(reference, bits, ratio, reference_bits, space)
     steps = _steps(methods)
-    s = _study(model, study, protocol, calibration, store, no_cache)
+    s = study()
     print_recommendation(api.recommend(s, steps, options, collapse))
 
 
@@ -129,22 +115,19 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 @app.command()
-@with_options("protocol", "calibration")
+@with_options("protocol", "calibration", "study")
 def search(
     methods: MethodsArg,
-    model: ModelOpt = "smollm2-135m",
-    study: StudyOpt = "default",
     beam: Annotated[int, typer.Option(help="Beam width for more than 4 methods.")] = 3,
-    store: StoreOpt = None,
-    no_cache: NoCacheOpt = False,
     protocol=None,
     calibration=None,
+    study=None,
 ) -> None:
     """Try the orders (all of them for up to 4 methods) and compare with the PIH order."""
     from pqorder import api
 
     steps = _steps(methods)
-    s = _study(model, study, protocol, calibration, store, no_cache)
+    s = study()
     from pqorder.analysis.recommend import weaker_first
 
     pih = [p.to_text() for p in weaker_first(s, steps)]
@@ -152,25 +135,22 @@ def search(
 
 
 @app.command()
-@with_options("protocol", "calibration")
+@with_options("protocol", "calibration", "study")
 def sweep(
     prune: Annotated[list[str], typer.Option(help="Pruning method (repeatable).")] = ["magnitude"],  # noqa: B006
     ratios: Annotated[str, typer.Option(help="Pruning ratios.")] = "0.1,0.2,0.3",
     quant: Annotated[str, typer.Option(help="Quantizer (bits filled in).")] = "rtn:group=128",
     bits: Annotated[str, typer.Option(help="Bit-widths.")] = "3,4,5",
     plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("sweep.png"),
-    model: ModelOpt = "smollm2-135m",
-    study: StudyOpt = "default",
-    store: StoreOpt = None,
-    no_cache: NoCacheOpt = False,
     protocol=None,
     calibration=None,
+    study=None,
 ) -> None:
     """Both orders over pruning ratios × bit-widths: A(Q→P) against the CER gap, with ρ."""
     from pqorder import api
 
     ratio_values, bit_values = _floats(ratios, "--ratios"), _ints(bits, "--bits")
-    s = _study(model, study, protocol, calibration, store, no_cache)
+    s = study()
     result = api.sweep(s, prune, ratio_values, quant, bit_values, plot)
     print_sweep(result)
     console.print(f"plot: {plot}")
@@ -211,15 +191,12 @@ def _num(value, digits: int = 2, sign: str = "") -> str:
 
 
 @app.command()
-@with_options("protocol", "calibration")
+@with_options("protocol", "calibration", "study")
 def interference(
     pair: Annotated[list[str], typer.Option(help="'prune-step | quant-step' (repeatable).")],
-    model: ModelOpt = "smollm2-135m",
-    study: StudyOpt = "default",
-    store: StoreOpt = None,
-    no_cache: NoCacheOpt = False,
     protocol=None,
     calibration=None,
+    study=None,
 ) -> None:
     """Order-dependent units, the advantage they predict, and the interference remainder."""
     from pqorder import api
@@ -231,7 +208,7 @@ def interference(
             raise ConfigError(f"--pair takes 'prune-step | quant-step', got '{text}'")
         p, q = (t.strip() for t in text.split("|", 1))
         pairs.append((p, q))
-    s = _study(model, study, protocol, calibration, store, no_cache)
+    s = study()
     print_interference(api.interference(s, pairs))
 
 

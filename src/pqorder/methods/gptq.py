@@ -18,7 +18,7 @@ from torch import Tensor
 
 from pqorder.grid import QuantGrid, fit_grid
 from pqorder.methods.base import register
-from pqorder.methods.obs import SolverSettings, inverse_hessian_factor, obs_sweep
+from pqorder.methods.obs import SolverSettings, solve
 from pqorder.methods.rtn import RTN, QuantConfig
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
@@ -77,23 +77,16 @@ class GPTQ(RTN):
         self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None
     ) -> tuple[Tensor, UnitConstraint]:
         cfg = self.config
-        h = stats.hessian
-        upper_input = h
         pruned = ~constraint.kept(w)
         perm = None
         if cfg.act_order:
-            perm = torch.argsort(torch.diagonal(h), descending=True)
-            upper_input = h[perm][:, perm]
-        upper, dead = inverse_hessian_factor(upper_input, cfg.damp, stats.name)
-        if perm is not None:
-            dead = dead[torch.argsort(perm)]
-        w = torch.where(dead.unsqueeze(0), torch.zeros_like(w), w)
-        dynamic = cfg.group > 0 and not cfg.static_groups and cfg.group < w.shape[1]
-        grid = fit_grid(w, cfg.bits, cfg.group, cfg.sym, mask=~pruned)
-        rule = _QuantizeColumns(grid, pruned, perm, dynamic, cfg.sym)
-        w_sweep = w if perm is None else w[:, perm]
-        w_new = obs_sweep(w_sweep, upper, rule, cfg.blocksize)
-        if perm is not None:
-            w_new = w_new[:, torch.argsort(perm)]
-        new = UnitConstraint(mask=constraint.mask, grid=grid)
+            perm = torch.argsort(torch.diagonal(stats.hessian), descending=True)
+        dynamic = 0 < cfg.group < w.shape[1] and not cfg.static_groups
+
+        def make_rule(w_live: Tensor, _upper: Tensor) -> _QuantizeColumns:
+            grid = fit_grid(w_live, cfg.bits, cfg.group, cfg.sym, mask=~pruned)
+            return _QuantizeColumns(grid, pruned, perm, dynamic, cfg.sym)
+
+        w_new, rule = solve(w, stats, cfg, make_rule, perm)
+        new = UnitConstraint(mask=constraint.mask, grid=rule.grid)
         return new.project(w_new), new

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from pqorder.errors import PqorderError
 from pqorder.methods.base import MethodConfig
+from pqorder.stats import UnitStats
 
 MAX_DAMP_RETRIES = 4
 
@@ -92,6 +93,30 @@ def obs_sweep(w: Tensor, upper: Tensor, rule: ColumnRule, blocksize: int = 128) 
         w[:, i1:i2] = w1
         w[:, i2:] -= err1 @ upper[i1:i2, i2:]
     return w
+
+
+def solve(
+    w: Tensor,
+    stats: UnitStats,
+    settings: SolverSettings,
+    make_rule: Callable[[Tensor, Tensor], ColumnRule],
+    perm: Tensor | None = None,
+) -> tuple[Tensor, ColumnRule]:
+    """The OBS solve of one unit: factor H, zero dead inputs, sweep (optionally permuted).
+
+    ``make_rule(w, upper)`` builds the method's column rule from the weights (dead inputs
+    zeroed, original column order) and the inverse-Hessian factor (in sweep order).
+    """
+    h = stats.hessian if perm is None else stats.hessian[perm][:, perm]
+    upper, dead = inverse_hessian_factor(h, settings.damp, stats.name)
+    inverse = None if perm is None else torch.argsort(perm)
+    if inverse is not None:
+        dead = dead[inverse]
+    w = torch.where(dead.unsqueeze(0), torch.zeros_like(w), w)
+    rule = make_rule(w, upper)
+    if perm is None:
+        return obs_sweep(w, upper, rule, settings.blocksize), rule
+    return obs_sweep(w[:, perm], upper, rule, settings.blocksize)[:, inverse], rule
 
 
 class SolverSettings(MethodConfig):

@@ -17,7 +17,7 @@ from torch import Tensor
 from pqorder.grid import QuantGrid
 from pqorder.methods.base import register
 from pqorder.methods.masks import parse_nm, prune_lowest
-from pqorder.methods.obs import SolverSettings, inverse_hessian_factor, obs_sweep
+from pqorder.methods.obs import SolverSettings, solve
 from pqorder.methods.pruner import PruneConfig, Pruner
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
@@ -79,12 +79,12 @@ class SparseGPT(Pruner):
         self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None
     ) -> tuple[Tensor, UnitConstraint]:
         cfg = self.config
-        upper, dead = inverse_hessian_factor(stats.hessian, cfg.damp, stats.name)
-        w = torch.where(dead.unsqueeze(0), torch.zeros_like(w), w)
         nm = parse_nm(cfg.nm) if cfg.nm else None
-        rule = _PruneColumns(
-            ~constraint.kept(w), torch.diagonal(upper), cfg.ratio, nm, constraint.grid
-        )
-        w_new = obs_sweep(w, upper, rule, cfg.blocksize)
+
+        def make_rule(w_live: Tensor, upper: Tensor) -> _PruneColumns:
+            pruned = ~constraint.kept(w_live)
+            return _PruneColumns(pruned, torch.diagonal(upper), cfg.ratio, nm, constraint.grid)
+
+        w_new, rule = solve(w, stats, cfg, make_rule)
         new = UnitConstraint(mask=~rule.pruned, grid=constraint.grid)
         return new.project(w_new), new
