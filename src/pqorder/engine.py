@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pqorder.errors import ConfigError, PqorderError
 from pqorder.layerwise import calibrated_units
-from pqorder.models.adapter import compressible_units, get_weight, set_weight
+from pqorder.models.adapter import compressible_units, get_weight, set_weight, unit_shape
 from pqorder.stats import UnitStats
 
 
@@ -40,7 +40,7 @@ def check_pipeline(lm: Any, pipeline: Any) -> None:
     units = compressible_units(lm.model)
     for step in pipeline.steps:
         for name, module in units.items():
-            step.method.check_unit(name, tuple(get_weight(module).shape))
+            step.method.check_unit(name, unit_shape(module))
 
 
 def _walk(

@@ -58,10 +58,14 @@ def compressible_units(model: nn.Module) -> dict[str, nn.Module]:
     return units
 
 
+def unit_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a unit (Linear stores (out, in), Conv1D (in, out))."""
+    rows, cols = module.weight.shape
+    return (rows, cols) if isinstance(module, nn.Linear) else (cols, rows)
+
+
 def in_features(module: nn.Module) -> int:
-    """Input width of a unit (Linear stores (out, in), Conv1D stores (in, out))."""
-    w = module.weight
-    return w.shape[1] if isinstance(module, nn.Linear) else w.shape[0]
+    return unit_shape(module)[1]
 
 
 def get_weight(module: nn.Module) -> Tensor:
