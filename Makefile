@@ -18,4 +18,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: setup
-	$(VENV)/bin/python benchmarks/perplexity.py
+	$(VENV)/bin/python benchmarks/compress.py --eval
