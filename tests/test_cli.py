@@ -63,6 +63,20 @@ def test_eval_json_reports_protocol():
         (["eval", "-m", "no-such-org/no-such-model"], "smollm2-135m"),
         (["eval", "--data", "austen:ulysses"], "unknown Austen novel"),
         (["grid", "--prune", "rtn:bits=4"], "not prune"),
+        (
+            [
+                "recommend",
+                "--methods",
+                "rtn:bits=4",
+                "--methods",
+                "wanda:ratio=0.2",
+                "--ratio",
+                "x",
+            ],
+            "--ratio must be",
+        ),
+        (["interference", "--pair", "magnitude:ratio=0.2"], "--pair takes"),
+        (["search", "--methods", "rtn:bits=4", "--methods", "wanda:ratio=2"], "[0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):

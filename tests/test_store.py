@@ -74,3 +74,10 @@ def test_newer_schema_is_refused(tmp_path):
         )
     with pytest.raises(StoreError, match="newer"):
         RunStore(path)
+
+
+def test_report_of_an_unknown_study_is_an_error(tmp_path):
+    from pqorder.report import write_report
+
+    with pytest.raises(PqorderError, match="no runs stored for study 'nope'"):
+        write_report(RunStore(tmp_path / "runs.sqlite"), "nope", tmp_path / "rep")
