@@ -77,8 +77,8 @@ def test_killed_sweep_resumes_without_recomputing(tiny_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     after = RunStore(store).query()
-    # reference curve (3, 4, 8 bits) + 2 pruning ratios alone + 2 × 2 × 2 orders
-    assert len(after) == len({r.key for r in after}) == 3 + 2 + 8
+    # dense (collapse threshold) + reference curve (3, 4, 8 bits) + 2 ratios alone + 8 orders
+    assert len(after) == len({r.key for r in after}) == 1 + 3 + 2 + 8
     for run in after:
         if run.key in before:
             assert (run.id, run.created) == before[run.key]  # kept, not recomputed
