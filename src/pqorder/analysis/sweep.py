@@ -179,7 +179,7 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "") -> Path:
     ax.set_ylabel("order advantage  A(Q→P)  [−perplexity]")
     rho = result.rho.get("all")
     ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
-    if ax.lines:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     else:
         ax.text(
