@@ -13,12 +13,9 @@ import json
 import platform
 import socket
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from pqorder.errors import PqorderError
 from pqorder.paths import cache_dir
@@ -210,10 +207,6 @@ class RunStore:
             {"created": c, "study": st, "kind": k, "payload": json.loads(p)} for c, st, k, p in rows
         ]
 
-    def studies(self) -> list[str]:
-        rows = self._conn.execute("SELECT DISTINCT study FROM runs ORDER BY study").fetchall()
-        return [r[0] for r in rows]
-
     def query(
         self,
         study: str | None = None,
@@ -259,24 +252,3 @@ def _to_run(row: tuple) -> Run:
     for name in JSON_COLUMNS:
         data[name] = json.loads(data[name]) if data[name] is not None else None
     return Run(**data)
-
-
-@contextmanager
-def open_store(path: Path | str | None = None) -> Iterator[RunStore]:
-    store = RunStore(path)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def describe(run: Run) -> dict[str, Any]:
-    """A flat summary for tables."""
-    return {
-        "id": run.id,
-        "study": run.study,
-        "pipeline": run.pipeline,
-        "ppl": run.perplexity,
-        "status": run.status,
-        "seconds": round(run.seconds, 1),
-    }
