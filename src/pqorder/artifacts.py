@@ -8,8 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
+
 from pqorder.errors import ConfigError
-from pqorder.models.loading import LoadedModel
+from pqorder.models.loading import VISION_FILE, LoadedModel
 from pqorder.state import STATE_FILE
 
 RECORD_FILE = "pqorder.json"
@@ -21,6 +23,18 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"output directory {out} already exists; pass --overwrite to replace it")
 
 
+def _save_model(lm: LoadedModel, folder: Path) -> None:
+    """HF checkpoint and tokenizer; a vision model as its state dict and architecture alias."""
+    if lm.kind == "vision":
+        if getattr(lm.model, "arch", None) is None:
+            raise ConfigError("only vision models loaded by alias can be saved and reloaded")
+        save_file(dict(lm.model.state_dict()), str(folder / "model.safetensors"))
+        (folder / VISION_FILE).write_text(json.dumps({"arch": lm.model.arch}))
+        return
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+
+
 def save_compressed(lm: LoadedModel, out: Path, record: dict[str, Any], overwrite: bool) -> Path:
     """HF checkpoint + tokenizer + composition state + run record, all or nothing."""
     out = Path(out)
@@ -28,8 +42,7 @@ def save_compressed(lm: LoadedModel, out: Path, record: dict[str, Any], overwrit
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        lm.model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
+        _save_model(lm, tmp)
         lm.state.save(tmp / STATE_FILE)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
         if out.exists():

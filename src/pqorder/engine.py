@@ -92,6 +92,7 @@ def apply_step(
             pruned += 0 if constraint.mask is None else int((~constraint.mask).sum())
             if constraint.grid is not None:
                 bits.add(constraint.grid.bits)
+        method.finish(lm, calibration)
     for warning in caught:
         warnings.warn(warning.message, stacklevel=2)
     return StepRecord(

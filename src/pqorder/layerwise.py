@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pqorder.errors import PqorderError
-from pqorder.models.adapter import decoder_blocks, in_features
+from pqorder.models.adapter import (
+    decoder_blocks,
+    in_features,
+    input_signature,
+    run_model,
+    unit_inputs,
+)
 from pqorder.stats import HessianAccumulator, UnitStats
 
 
@@ -33,13 +39,16 @@ class _StopForward(Exception):
 class BlockInputs:
     """Hidden states entering a block, per calibration batch, and the block's call kwargs."""
 
-    hidden: list[Tensor]  # each (B, T, D)
+    hidden: list[Tensor]  # each (B, T, D), or (B, C, H, W) entering a CNN block
     kwargs: list[dict[str, Any]]
 
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> BlockInputs:
-    """Run the model up to block 0 for every calibration batch and keep what block 0 sees."""
+    """Run the model up to block 0 for every calibration batch and keep what block 0 sees.
+
+    ``tokens`` is a calibration set: token ids (n, T) or images (n, C, H, W).
+    """
     _, blocks = decoder_blocks(model)
     captured = BlockInputs([], [])
 
@@ -53,7 +62,7 @@ def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> B
     try:
         for start in range(0, tokens.shape[0], batch_size):
             with contextlib.suppress(_StopForward):
-                model(input_ids=tokens[start : start + batch_size], use_cache=False)
+                run_model(model, tokens[start : start + batch_size])
     finally:
         handle.remove()
     return captured
@@ -70,14 +79,16 @@ def _run_block(block: nn.Module, inputs: BlockInputs, batches: int | None = None
 
 
 def _input_groups(block: nn.Module, units: dict[str, nn.Module], inputs: BlockInputs) -> list:
-    """Units grouped by the input tensor they read, in the order the forward pass reaches them."""
+    """Units grouped by the input they read (tensor and how it is unfolded), in the order the
+    forward pass reaches them."""
     # Keyed by id(input); the tensor is kept alive in the value so its id cannot be reused.
-    seen: dict[int, tuple[Tensor, list[str]]] = {}
+    seen: dict[tuple, tuple[Tensor, list[str]]] = {}
     handles = []
     for name, module in units.items():
 
-        def record(_m: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
-            _tensor, names = seen.setdefault(id(args[0]), (args[0], []))
+        def record(m: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
+            key = (id(args[0]), input_signature(m))
+            _tensor, names = seen.setdefault(key, (args[0], []))
             if name not in names:
                 names.append(name)
 
@@ -101,7 +112,11 @@ def _collect(
         lead = units[group[0]]
         acc = HessianAccumulator(in_features(lead))
         accumulators[group[0]] = acc
-        handles.append(lead.register_forward_hook(lambda _m, a, _o, acc=acc: acc.add_batch(a[0])))
+        handles.append(
+            lead.register_forward_hook(
+                lambda m, a, _o, acc=acc: acc.add_batch(unit_inputs(m, a[0]))
+            )
+        )
     try:
         _run_block(block, inputs)
     finally:

@@ -182,7 +182,8 @@ def run_pipeline(
     tokens = None
     if needs_calibration(pipeline):
         calibration = calibration or CalibrationSpec()
-        calibration.validate(getattr(lm.model.config, "max_position_embeddings", None))
+        config = getattr(lm.model, "config", None)
+        calibration.validate(getattr(config, "max_position_embeddings", None))
         tokens = sample_calibration(calibration, lm.tokenizer)
     else:
         calibration = None

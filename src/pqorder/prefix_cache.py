@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from pqorder.engine import StepRecord
 from pqorder.models.adapter import compressible_units, get_weight, set_weight
 from pqorder.models.loading import LoadedModel
+from pqorder.models.vision import load_norm_buffers, norm_buffers
 from pqorder.paths import cache_dir
 from pqorder.state import CompressionState
 
@@ -47,6 +48,7 @@ class PrefixCache:
         weights = load_file(str(folder / "weights.safetensors"))
         for name, module in compressible_units(lm.model).items():
             set_weight(module, weights[name])
+        load_norm_buffers(lm.model, {k[6:]: v for k, v in weights.items() if k[:6] == "norms:"})
         lm.state = CompressionState.load(folder / "state.safetensors")
         os.utime(folder)  # recently used
         return [StepRecord(**r) for r in json.loads((folder / "records.json").read_text())]
@@ -58,6 +60,7 @@ class PrefixCache:
         tmp = Path(tempfile.mkdtemp(prefix=".prefix-", dir=self.root))
         try:
             weights = {n: get_weight(m) for n, m in compressible_units(lm.model).items()}
+            weights |= {f"norms:{k}": v for k, v in norm_buffers(lm.model).items()}
             save_file(weights, str(tmp / "weights.safetensors"))
             lm.state.save(tmp / "state.safetensors")
             (tmp / "records.json").write_text(json.dumps([r.to_dict() for r in records]))

@@ -125,6 +125,16 @@ class Run:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def value(self) -> float | None:
+        """The protocol's own number: perplexity, else M itself (accuracy, top-1, ...)."""
+        return self.perplexity if self.perplexity is not None else self.metric
+
+    @property
+    def metric_name(self) -> str:
+        """What ``value`` is: the protocol's task, or perplexity for text protocols."""
+        return self.protocol.get("task", "perplexity")
+
 
 class RunStore:
     """SQLite-backed store of runs (one file, one table of runs)."""

@@ -17,10 +17,9 @@ from dataclasses import asdict, astuple, dataclass
 from torch import Tensor
 
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
-from pqorder.data.sources import load_text
 from pqorder.engine import StepRecord, apply_step, check_pipeline
 from pqorder.errors import PqorderError
-from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
+from pqorder.eval import Evaluator, metric_of, protocol_dict
 from pqorder.models.loading import LoadedModel
 from pqorder.pipeline import Pipeline, Step
 from pqorder.prefix_cache import PrefixCache, content_key
@@ -45,7 +44,7 @@ class Study:
     def __init__(
         self,
         lm: LoadedModel,
-        protocol: PerplexityProtocol,
+        protocol: Evaluator,
         calibration: CalibrationSpec | None = None,
         store: RunStore | None = None,
         cache: PrefixCache | None = None,
@@ -55,7 +54,7 @@ class Study:
     ) -> None:
         self.lm, self.protocol, self.store, self.cache = lm, protocol, store, cache
         self.calibration = calibration or CalibrationSpec()
-        load_text(protocol.dataset)  # a missing dataset is an error now, not a failed run
+        protocol.prepare(lm)  # a missing dataset is an error now, not a failed run
         self.name, self.sequential, self.progress = name, sequential, progress
         self._dense = take_snapshot(lm)
         self._position: tuple[str, ...] | None = ()  # steps the model currently holds
@@ -76,7 +75,9 @@ class Study:
         )
 
     def run_key(self, steps: Sequence[Step]) -> str:
-        return content_key({"prefix": self._prefix_key(steps), "protocol": asdict(self.protocol)})
+        return content_key(
+            {"prefix": self._prefix_key(steps), "protocol": protocol_dict(self.protocol)}
+        )
 
     # -- evaluation ---------------------------------------------------------------------
     def dense_run(self) -> Run:
@@ -91,14 +92,12 @@ class Study:
             return run
         start = time.perf_counter()
         check_pipeline(self.lm, Pipeline(steps))
-        ppl, error = None, None
+        value, error = None, None
         try:
             self._materialize(steps)
-            ppl = evaluate_perplexity(
-                self.lm.model, self.lm.tokenizer, self.protocol, progress=False
-            ).perplexity
-            if not math.isfinite(ppl):
-                error = f"perplexity is {ppl}"
+            value = self.protocol.score(self.lm)
+            if not math.isfinite(value):
+                error = f"{self.protocol.name} is {value}"
         except PqorderError as exc:
             error = str(exc)
             self._position = None  # the model is in an unknown state: restart from dense
@@ -111,9 +110,9 @@ class Study:
             calibration=asdict(self.calibration)
             if any(s.method.needs_calibration for s in steps)
             else None,
-            protocol=asdict(self.protocol),
-            metric=-ppl if error is None else None,
-            perplexity=ppl if error is None else None,
+            protocol=protocol_dict(self.protocol),
+            metric=metric_of(self.protocol, value) if error is None else None,
+            perplexity=value if error is None and self.protocol.name == "perplexity" else None,
             status="ok" if error is None else "failed",
             error=error,
             steps=[r.to_dict() for r in self._records[: len(steps)]] if error is None else [],
@@ -125,9 +124,8 @@ class Study:
     def calibration_tokens(self) -> Tensor:
         """The study's calibration samples (drawn once, shared by every calibrated step)."""
         if self._tokens is None:
-            self.calibration.validate(
-                getattr(self.lm.model.config, "max_position_embeddings", None)
-            )
+            config = getattr(self.lm.model, "config", None)
+            self.calibration.validate(getattr(config, "max_position_embeddings", None))
             self._tokens = sample_calibration(self.calibration, self.lm.tokenizer)
         return self._tokens
 

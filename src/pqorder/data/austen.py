@@ -8,13 +8,11 @@ zlib stream of an R serialization (a character vector, one line of text per elem
 from __future__ import annotations
 
 import gzip
-import shutil
-import subprocess
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
 
+from pqorder.data.debian import fetch_package_files
 from pqorder.errors import AssetError
 from pqorder.paths import data_dir
 
@@ -36,46 +34,7 @@ def austen_dir() -> Path:
 
 def fetch_austen() -> Path:
     """Download the Debian package (no install, no R) and keep its two data files."""
-    target = austen_dir()
-    if all((target / f).exists() for f in _FILES):
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        if _apt_download(tmp).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
-            result = _apt_download(tmp)
-            if result.returncode != 0:
-                why = (result.stderr or "apt-get failed").strip().splitlines()[-1]
-                raise AssetError(
-                    f"cannot download the Debian package {PACKAGE}: {why} "
-                    "(run `apt-get update` as root, then `pqorder prepare`)"
-                )
-        deb = next(Path(tmp).glob("*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
-        found = list(Path(tmp, "x").rglob("data/Rdata.rdb"))
-        if not found:
-            raise AssetError(f"{deb.name} does not contain data/Rdata.rdb")
-        staging = Path(tempfile.mkdtemp(prefix=".janeaustenr-", dir=_ensure(target.parent)))
-        for name in _FILES:
-            shutil.copy(found[0].parent / name, staging / name)
-        staging.rename(target)
-    return target
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _apt_download(folder: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            ["apt-get", "download", PACKAGE], cwd=folder, capture_output=True, text=True
-        )
-    except FileNotFoundError as exc:
-        raise AssetError(
-            "apt-get is not available: the Austen texts come from Debian's "
-            f"{PACKAGE}; use another text source (pydoc, file:PATH)"
-        ) from exc
+    return fetch_package_files(PACKAGE, "data", _FILES, austen_dir())
 
 
 def _unserialize(blob: bytes) -> object:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pqorder.data.images import is_image_source, sample_images
 from pqorder.data.sources import load_text, tokenize
 from pqorder.errors import ConfigError
 
@@ -34,8 +35,11 @@ class CalibrationSpec:
 
 
 def sample_calibration(spec: CalibrationSpec, tokenizer: object) -> Tensor:
-    """(n_samples, seqlen) token ids drawn uniformly from the source's token stream."""
+    """(n_samples, seqlen) token ids drawn uniformly from the source's token stream, or
+    (n_samples, C, H, W) distinct images of an image dataset's training split (seqlen unused)."""
     spec.validate()
+    if is_image_source(spec.source):
+        return sample_images(spec.source, spec.n_samples, spec.seed)
     ids = tokenize(tokenizer, load_text(spec.source).text)
     if ids.numel() <= spec.seqlen:
         raise ConfigError(

@@ -1,5 +1,41 @@
-"""Evaluators: every result carries the protocol that produced it."""
+"""Evaluators: every result carries the protocol that produced it.
+
+A protocol is a frozen dataclass (its fields are part of every run key) with ``name`` (what
+its number is), ``lower_is_better``, ``validate()``, ``prepare(lm)`` (load data, check it
+fits the model) and ``score(lm)`` (the number). The order analysis uses M = −score when lower
+is better (perplexity), else the score itself (accuracy, retrieval top-1, fidelity).
+"""
+
+from dataclasses import fields
+from typing import Any, Protocol
 
 from pqorder.eval.perplexity import PerplexityProtocol, PerplexityResult, evaluate_perplexity
 
-__all__ = ["PerplexityProtocol", "PerplexityResult", "evaluate_perplexity"]
+
+class Evaluator(Protocol):
+    name: str
+    lower_is_better: bool
+
+    def validate(self) -> None: ...
+    def prepare(self, lm: object) -> None: ...
+    def score(self, lm: object) -> float: ...
+
+
+def protocol_dict(protocol: Evaluator) -> dict[str, Any]:
+    """The protocol's public fields: what run keys and stored runs record."""
+    return {f.name: getattr(protocol, f.name) for f in fields(protocol) if f.name[0] != "_"}
+
+
+def metric_of(protocol: Evaluator, value: float) -> float:
+    """M (higher is better) of a protocol's number."""
+    return -value if protocol.lower_is_better else value
+
+
+__all__ = [
+    "Evaluator",
+    "PerplexityProtocol",
+    "PerplexityResult",
+    "evaluate_perplexity",
+    "metric_of",
+    "protocol_dict",
+]

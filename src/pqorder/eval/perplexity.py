@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +25,16 @@ class PerplexityProtocol:
     seqlen: int = 512
     max_tokens: int | None = 8192
     batch_size: int = 4
+
+    name: ClassVar[str] = "perplexity"
+    lower_is_better: ClassVar[bool] = True
+
+    def prepare(self, lm: object) -> None:
+        """Load the text now: a missing dataset is an error, not a failed run."""
+        load_text(self.dataset)
+
+    def score(self, lm: object) -> float:
+        return evaluate_perplexity(lm.model, lm.tokenizer, self, progress=False).perplexity
 
     def validate(self) -> None:
         if self.seqlen < 2:

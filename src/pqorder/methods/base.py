@@ -48,6 +48,9 @@ class Method(ABC):
     def check_unit(self, name: str, shape: tuple[int, int]) -> None:  # noqa: B027
         """Raise ConfigError if the method cannot handle this unit (called before any work)."""
 
+    def finish(self, lm: Any, calibration: Tensor | None) -> None:  # noqa: B027
+        """Model-level work once every unit is compressed (default: none)."""
+
     @abstractmethod
     def compress_unit(
         self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None

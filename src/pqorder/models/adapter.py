@@ -1,6 +1,16 @@
-"""Where a model keeps its blocks and compressible units (declarative, no subclass per model)."""
+"""Where a model keeps its blocks and compressible units (declarative, no subclass per model).
+
+Units are Linear layers (and GPT-2's Conv1D) and Conv2d layers inside the blocks. Every
+method sees a unit's weight as an (out, in) matrix: a Conv2d weight (out, C, kh, kw) is
+viewed as (out, C·kh·kw), the column order of ``torch.nn.functional.unfold`` (im2col), so a
+convolution's calibration inputs are its unfolded patches and H = 2/n·XᵀX has the same
+meaning as for a Linear layer. Grouped and depthwise convolutions are skipped (each filter
+sees only its group's channels, so one (out, in) matrix and one Hessian do not describe it).
+"""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -8,7 +18,7 @@ from torch import Tensor, nn
 from pqorder.errors import ConfigError
 
 # Attribute paths of the repeated block list, per family: LLaMA/Mistral/Qwen, OPT, GPT-2,
-# GPT-NeoX, BERT-style encoders.
+# GPT-NeoX, BERT-style encoders, vision models (ImageClassifier, timm).
 BLOCK_PATHS = (
     "model.layers",
     "model.decoder.layers",
@@ -16,6 +26,7 @@ BLOCK_PATHS = (
     "gpt_neox.layers",
     "encoder.layer",
     "bert.encoder.layer",
+    "blocks",
 )
 
 
@@ -42,11 +53,24 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def _is_unit(module: nn.Module) -> bool:
     # transformers' GPT-2 Conv1D is a Linear with a transposed weight.
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def skipped_units(model: nn.Module) -> dict[str, str]:
+    """Layers inside the blocks that are left dense, with the reason."""
+    path, blocks = decoder_blocks(model)
+    return {
+        f"{path}.{name}": f"grouped/depthwise convolution (groups={m.groups}) is not compressed"
+        for name, m in blocks.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups > 1
+    }
+
+
 def compressible_units(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear layers inside the blocks, by full module name (embeddings and head excluded)."""
+    """Linear and Conv2d layers inside the blocks, by full module name (embeddings, stem and
+    head excluded)."""
     path, blocks = decoder_blocks(model)
     units = {
         f"{path}.{name}": module
@@ -54,12 +78,18 @@ def compressible_units(model: nn.Module) -> dict[str, nn.Module]:
         if name and _is_unit(module)
     }
     if not units:
-        raise ConfigError(f"{type(model).__name__} has no Linear layers inside its blocks")
+        raise ConfigError(
+            f"{type(model).__name__} has no compressible layers (Linear or non-grouped Conv2d) "
+            "inside its blocks"
+        )
     return units
 
 
 def unit_shape(module: nn.Module) -> tuple[int, int]:
-    """(out_features, in_features) of a unit (Linear stores (out, in), Conv1D (in, out))."""
+    """(out, in) of a unit (Linear stores (out, in), Conv1D (in, out), Conv2d (out, C, kh, kw))."""
+    if isinstance(module, nn.Conv2d):
+        w = module.weight
+        return w.shape[0], w[0].numel()
     rows, cols = module.weight.shape
     return (rows, cols) if isinstance(module, nn.Linear) else (cols, rows)
 
@@ -71,7 +101,9 @@ def in_features(module: nn.Module) -> int:
 def get_weight(module: nn.Module) -> Tensor:
     """A float32 copy of the unit's weight as (out_features, in_features)."""
     w = module.weight.detach()
-    if not isinstance(module, nn.Linear):
+    if isinstance(module, nn.Conv2d):
+        w = w.reshape(w.shape[0], -1)  # (out, C·kh·kw), unfold's column order
+    elif not isinstance(module, nn.Linear):
         w = w.t()
     return w.to(torch.float32, copy=True)
 
@@ -79,6 +111,43 @@ def get_weight(module: nn.Module) -> Tensor:
 @torch.no_grad()
 def set_weight(module: nn.Module, w: Tensor) -> None:
     """Write an (out, in) weight back in the module's own layout and dtype."""
-    if not isinstance(module, nn.Linear):
+    if isinstance(module, nn.Conv2d):
+        w = w.reshape(module.weight.shape)
+    elif not isinstance(module, nn.Linear):
         w = w.t()
     module.weight.copy_(w.to(module.weight.dtype))
+
+
+def unit_inputs(module: nn.Module, x: Tensor) -> Tensor:
+    """The rows X (n, in) a unit multiplies by its (out, in) weight, from its input tensor.
+
+    Linear: every token is a row. Conv2d: every output position's input patch is a row,
+    im2col'd with the layer's own kernel, stride, padding and dilation.
+    """
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            raise ConfigError(
+                "calibration of convolutions needs numeric zero padding, got "
+                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}"
+            )
+        cols = nn.functional.unfold(
+            x, module.kernel_size, module.dilation, module.padding, module.stride
+        )  # (B, C·kh·kw, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def input_signature(module: nn.Module) -> tuple:
+    """Units that read the same tensor share a Hessian only when they see it the same way."""
+    if isinstance(module, nn.Conv2d):
+        return (module.kernel_size, module.stride, module.padding, module.dilation)
+    return ()
+
+
+def run_model(model: nn.Module, batch: Tensor) -> object:
+    """One forward pass on a calibration batch: images (float) or token ids (integer)."""
+    if batch.is_floating_point():
+        return model(batch)
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        return model(input_ids=batch, use_cache=False)
+    return model(input_ids=batch)

@@ -2,59 +2,112 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from pqorder.errors import AssetError
-from pqorder.models import smollm2
+from pqorder.models import encoder, smollm2, zoo
+from pqorder.models.vision import timm_deit_base, torchvision_resnet18
 from pqorder.state import STATE_FILE, CompressionState
 
 ALIASES = {smollm2.ALIAS: smollm2.prepare_checkpoint}
 CAVEATS = {smollm2.ALIAS: smollm2.CAVEAT}
+# Image classifiers by alias: trained and cached by pqorder, or pretrained (network needed).
+VISION: dict[str, Callable[[], nn.Module]] = {
+    **{alias: (lambda a=alias: zoo.load_vision(a)[0]) for alias in zoo.RECIPES},
+    "resnet18": torchvision_resnet18,
+    "deit-base": timm_deit_base,
+}
+VISION_FILE = "pqorder_vision.json"  # marks a saved compressed vision model: {"arch": alias}
+Kind = str  # "causal-lm", "encoder" or "vision"
 
 
 @dataclass
 class LoadedModel:
-    """A causal LM, its tokenizer, and the constraints already established on it."""
+    """A model, its tokenizer (None for vision), and the constraints already established."""
 
     name: str
     model: nn.Module
     tokenizer: object
     state: CompressionState = field(default_factory=CompressionState)
+    kind: Kind = "causal-lm"
 
     @property
     def caveat(self) -> str | None:
         return CAVEATS.get(self.name)
 
 
-def _from_pretrained(source: str | Path, name: str) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _state(folder: Path) -> CompressionState:
+    path = Path(folder) / STATE_FILE
+    return CompressionState.load(path) if path.exists() else CompressionState()
 
+
+def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") -> LoadedModel:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    auto = AutoModel if kind == "encoder" else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = auto.from_pretrained(source, dtype=torch.float32)
     model.eval()
-    state_file = Path(source) / STATE_FILE
-    state = CompressionState.load(state_file) if state_file.exists() else CompressionState()
-    return LoadedModel(name, model, tokenizer, state)
+    state = _state(Path(source)) if Path(source).is_dir() else CompressionState()
+    return LoadedModel(name, model, tokenizer, state, kind)
+
+
+def _vision_dir(path: Path) -> LoadedModel:
+    arch = json.loads((path / VISION_FILE).read_text())["arch"]
+    if arch not in VISION:
+        raise AssetError(f"{path} holds an unknown vision architecture '{arch}'")
+    model = zoo.RECIPES[arch].build() if arch in zoo.RECIPES else VISION[arch]()
+    model.arch = arch
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.eval()
+    return LoadedModel(str(path), model, None, _state(path), "vision")
+
+
+def model_kind(spec: str) -> Kind:
+    """The kind of model a spec names, without loading it (hub ids count as causal LMs)."""
+    path = Path(spec).expanduser()
+    if spec in VISION or (path / VISION_FILE).exists():
+        return "vision"
+    if spec == encoder.ALIAS:
+        return "encoder"
+    config = path / "config.json"
+    if config.exists() and "ForCausalLM" not in config.read_text():
+        return "encoder"
+    return "causal-lm"
 
 
 def load_model(spec: str) -> LoadedModel:
-    """``smollm2-135m``, a directory (HF checkpoint or pqorder output), or a hub id."""
+    """An alias (smollm2-135m, minilm, fmnist-cnn, ...), a directory (HF checkpoint or pqorder
+    output), or a hub id."""
     if spec in ALIASES:
         return _from_pretrained(ALIASES[spec](), spec)
+    if spec in VISION:
+        model = VISION[spec]()
+        model.arch = spec  # how a saved compressed copy is rebuilt
+        return LoadedModel(spec, model, None, kind="vision")
+    if spec == encoder.ALIAS:
+        return _from_pretrained(encoder.model_dir(), spec, "encoder")
     path = Path(spec).expanduser()
     if path.is_dir():
+        if (path / VISION_FILE).exists():
+            return _vision_dir(path)
         if not (path / "config.json").exists():
             raise AssetError(f"{path} is a directory without config.json, not a model checkpoint")
-        return _from_pretrained(path, str(path))
+        return _from_pretrained(path, str(path), model_kind(str(path)))
     try:
         return _from_pretrained(spec, spec)
     except OSError as exc:
         raise AssetError(
             f"cannot load model '{spec}' (not a local directory; the Hugging Face hub is "
-            f"unreachable or has no such model). Offline, use the built-in alias "
-            f"'{smollm2.ALIAS}' or a local checkpoint directory. ({type(exc).__name__})"
+            f"unreachable or has no such model). Offline, use a built-in alias "
+            f"({', '.join([smollm2.ALIAS, encoder.ALIAS, *zoo.RECIPES])}) or a local "
+            "checkpoint directory. "
+            f"({type(exc).__name__})"
         ) from exc
