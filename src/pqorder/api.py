@@ -20,7 +20,8 @@ from pqorder.analysis.search import SearchResult, search_orders
 from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
 from pqorder.analysis.units import InterferenceResult, analyze_interference, dense_hessians
 from pqorder.data.calibration import CalibrationSpec
-from pqorder.eval.perplexity import PerplexityProtocol
+from pqorder.eval import Evaluator
+from pqorder.eval.select import calibration_source, protocol_for
 from pqorder.models.loading import load_model
 from pqorder.pipeline import Step, parse_step
 from pqorder.prefix_cache import PrefixCache
@@ -32,17 +33,21 @@ from pqorder.study import Study
 def open_study(
     model: str = "smollm2-135m",
     name: str = "study",
-    protocol: PerplexityProtocol | None = None,
+    protocol: Evaluator | None = None,
     calibration: CalibrationSpec | None = None,
     store: RunStore | str | Path | None = None,
     cache: PrefixCache | bool = True,
     sequential: bool = False,
     progress: bool = True,
 ) -> Study:
-    """Load ``model`` and open a study that stores runs (default store) and reuses prefixes."""
-    protocol = protocol or PerplexityProtocol()
+    """Load ``model`` and open a study that stores runs (default store) and reuses prefixes.
+
+    The protocol and calibration default to the model kind's (perplexity on Emma for LMs,
+    top-1 on the own test split for vision models, WordNet retrieval for encoders).
+    """
+    protocol = protocol or protocol_for(model)
     protocol.validate()
-    calibration = calibration or CalibrationSpec()
+    calibration = calibration or CalibrationSpec(calibration_source(model))
     calibration.validate()
     if not isinstance(store, RunStore):
         store = RunStore(store)

@@ -13,8 +13,9 @@ from pathlib import Path
 from pqorder.analysis.sweep import SweepPoint, SweepResult, plot_sweep
 from pqorder.errors import PqorderError
 from pqorder.models.loading import CAVEATS
+from pqorder.models.zoo import trained_record
 from pqorder.pipeline import label, order_label
-from pqorder.store import RunStore
+from pqorder.store import RunStore, m_text
 
 
 @dataclass
@@ -42,7 +43,7 @@ def _recommend_blocks(rec: dict) -> list[Block]:
             label(m["step"]),
             m["family"],
             m["granularity"],
-            m["perplexity"],
+            m["value"],
             m["cer"] if m["cer"] is not None else m["cer_status"],
         ]
         for m in rec["methods"]
@@ -51,24 +52,27 @@ def _recommend_blocks(rec: dict) -> list[Block]:
         Block("h2", "Intensity and recommendation"),
         Block(
             "p",
-            f"Dense perplexity {_fmt(rec['dense_perplexity'])}. Recommended order "
+            f"Dense {rec['metric_name']} {_fmt(rec['dense_value'])}. Recommended order "
             f"(weaker first): **{order_label(rec['order'])}**; confidence "
             f"{rec['confidence']} (CER gaps {', '.join(_fmt(g) for g in rec['cer_gaps'])}).",
         ),
-        Block("table", (["method", "family", "granularity", "perplexity alone", "CER C*"], rows)),
+        Block(
+            "table",
+            (["method", "family", "granularity", f"{rec['metric_name']} alone", "CER C*"], rows),
+        ),
     ]
     if rec["warnings"]:
         blocks += [Block("p", "Warnings:"), Block("list", rec["warnings"])]
     return blocks
 
 
-def _search_blocks(res: dict) -> list[Block]:
-    rows = [[order_label(o["order"]), o["perplexity"], o["status"]] for o in res["orders"]]
+def _search_blocks(res: dict, metric: str) -> list[Block]:
+    rows = [[order_label(o["order"]), o["value"], o["status"]] for o in res["orders"]]
     spend = res["spend"]
     verdict = {True: "yes", False: "no", None: "not checked"}[res["pih_was_best"]]
     return [
         Block("h2", "Order search"),
-        Block("table", (["order", "perplexity", "status"], rows)),
+        Block("table", (["order", metric, "status"], rows)),
         Block(
             "p",
             f"Best order: **{order_label(res['best'])}**. Was the PIH recommendation "
@@ -77,21 +81,23 @@ def _search_blocks(res: dict) -> list[Block]:
             f"({spend['cache_hits']} prefix-cache hits, {spend['stored_hits']} stored runs).",
         ),
         Block(
-            "table", (["pair", "A (−perplexity)"], [[k, v] for k, v in res["advantages"].items()])
+            "table",
+            (["pair", f"A ({m_text(metric)})"], [[k, v] for k, v in res["advantages"].items()]),
         ),
     ]
 
 
 def _sweep_blocks(sweep: dict, folder: Path) -> list[Block]:
     points = [SweepPoint(**{k: v for k, v in p.items() if k != "cer_gap"}) for p in sweep["points"]]
-    image = plot_sweep(SweepResult(points, sweep["rho"]), folder / "sweep.png")
+    metric = sweep.get("metric", "perplexity")
+    image = plot_sweep(SweepResult(points, sweep["rho"], metric), folder / "sweep.png")
     rows = [
         [
             p.prune,
             p.ratio,
             p.bits,
-            p.ppl_prune_then_quant,
-            p.ppl_quant_then_prune,
+            p.value_prune_then_quant,
+            p.value_quant_then_prune,
             p.cer_gap,
             p.advantage_q_first,
             "yes" if p.collapse else "",
@@ -106,7 +112,10 @@ def _sweep_blocks(sweep: dict, folder: Path) -> list[Block]:
         Block(
             "table",
             (
-                ["pruner", "ratio", "bits", "P→Q ppl", "Q→P ppl", "CER gap", "A(Q→P)", "collapse"],
+                [
+                    *("pruner", "ratio", "bits", f"P→Q {metric}", f"Q→P {metric}"),
+                    *("CER gap", "A(Q→P)", "collapse"),
+                ],
                 rows,
             ),
         ),
@@ -146,6 +155,7 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
         raise PqorderError(f"no runs stored for study '{study}' in {store.path}")
     analyses = store.analyses(study)
     first = runs[0]
+    metric = first.metric_name
     calibration = next((r.calibration for r in runs if r.calibration), None)
     blocks = [
         Block("h2", "Protocol"),
@@ -155,26 +165,28 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
                 f"model: {first.model}",
                 f"evaluation: {first.protocol}",
                 f"calibration: {calibration or 'none needed'}",
-                "metric M = −perplexity (higher is better); "
+                f"metric M = {m_text(metric)} (higher is better); "
                 "A(f1→f2) = M(f1 then f2) − M(f2 then f1)",
             ],
         ),
     ]
     if first.model in CAVEATS:
         blocks.append(Block("p", f"Caveat: {CAVEATS[first.model]}"))
+    if record := trained_record(first.model):
+        blocks.append(Block("p", f"Built-in vision model trained by pqorder: {record}"))
     if rec := _latest(analyses, "recommend"):
         blocks += _recommend_blocks(rec)
     if res := _latest(analyses, "search"):
-        blocks += _search_blocks(res)
+        blocks += _search_blocks(res, metric)
     if sweep := _latest(analyses, "sweep"):
         blocks += _sweep_blocks(sweep, folder)
     if items := [a["payload"] for a in analyses if a["kind"] == "interference"]:
         blocks += _interference_blocks(items)
     failed = [r for r in runs if not r.ok]
-    rows = [[r.id, r.pipeline, r.perplexity, r.status, round(r.seconds, 1)] for r in runs]
+    rows = [[r.id, r.pipeline, r.value, r.status, round(r.seconds, 1)] for r in runs]
     blocks += [
         Block("h2", f"All runs ({len(runs)}, {len(failed)} failed)"),
-        Block("table", (["id", "pipeline", "perplexity", "status", "seconds"], rows)),
+        Block("table", (["id", "pipeline", metric, "status", "seconds"], rows)),
     ]
     blocks += (
         [Block("list", [f"run {r.id} {r.pipeline}: {r.error}" for r in failed])] if failed else []

@@ -79,6 +79,11 @@ class StoreError(PqorderError):
     """The run store file cannot be used as it is."""
 
 
+def m_text(metric: str) -> str:
+    """How M is written for a metric: −perplexity, or the (higher-is-better) metric itself."""
+    return "−perplexity" if metric == "perplexity" else metric
+
+
 def default_store_path() -> Path:
     """$PQORDER_CACHE/runs.sqlite (see ``pqorder.paths``)."""
     return cache_dir() / "runs.sqlite"

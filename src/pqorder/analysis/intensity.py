@@ -1,8 +1,9 @@
 """Intensity: each method alone on the model, its gap to the others, and its CER.
 
-M is −perplexity (higher is better). G(f1, f2) = M(f1) − M(f2): positive when f2 is the
-stronger perturbation. The reference curve is quantization alone at several bit-widths with
-a configurable quantizer; a quantization step's own CER is its C_Q (SPEC §1).
+M is −perplexity for language models, else accuracy or retrieval top-1 (higher is better).
+G(f1, f2) = M(f1) − M(f2): positive when f2 is the stronger perturbation. The reference
+curve is quantization alone at several bit-widths with a configurable quantizer;
+a quantization step's own CER is its C_Q (SPEC §1).
 """
 
 from __future__ import annotations
@@ -53,8 +54,23 @@ class IntensityReport:
         return self.methods[a].metric - self.methods[b].metric
 
 
+def collapsed(run: Run, dense: Run, factor: float) -> bool:
+    """A collapse zone: perplexity above ``factor`` × dense, or accuracy-like M below dense /
+    ``factor`` (e.g. factor 3: top-1 under a third of the dense model's). Failed runs count."""
+    if not run.ok:
+        return True
+    if run.perplexity is not None and dense.perplexity is not None:
+        return run.perplexity > factor * dense.perplexity
+    return run.metric < dense.metric / factor
+
+
 def reference_curve(study: Study, options: CurveOptions) -> ReferenceCurve:
     """Evaluate the reference quantizer at every bit-width (runs are stored and reused)."""
+    if options.space == "logppl" and study.protocol.name != "perplexity":
+        raise ConfigError(
+            f"--space logppl needs a perplexity protocol; this study measures "
+            f"{study.protocol.name}: use --space metric"
+        )
     base = parse_step(options.quantizer)
     if base.method.family != "quantize":
         raise ConfigError(f"the CER reference '{options.quantizer}' is not a quantization step")

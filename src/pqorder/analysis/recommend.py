@@ -13,7 +13,12 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pqorder.analysis.intensity import CurveOptions, IntensityReport, measure_intensity
+from pqorder.analysis.intensity import (
+    CurveOptions,
+    IntensityReport,
+    collapsed,
+    measure_intensity,
+)
 from pqorder.errors import ConfigError
 from pqorder.pipeline import Step, label
 from pqorder.store import Run
@@ -36,7 +41,7 @@ class Recommendation:
                 "step": m.step,
                 "family": m.family,
                 "granularity": m.granularity,
-                "perplexity": m.run.perplexity,
+                "value": m.run.value,
                 "metric": m.metric,
                 "cer": m.cer.value,
                 "cer_status": m.cer.status,
@@ -48,7 +53,8 @@ class Recommendation:
             "confidence": self.confidence,
             "cer_gaps": self.cer_gaps,
             "warnings": self.warnings,
-            "dense_perplexity": self.intensity.dense.perplexity,
+            "metric_name": self.intensity.dense.metric_name,
+            "dense_value": self.intensity.dense.value,
             "methods": rows,
             "curve": {"bits": self.intensity.curve.bits, "metric": self.intensity.curve.metric},
         }
@@ -65,19 +71,20 @@ def _confidence(gaps: list[float | None]) -> str:
 
 def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -> list[str]:
     out = []
-    dense_ppl = report.dense.perplexity
+    dense = report.dense
     for m in report.methods:
         name = label(m.step)
         if not m.run.ok:
             out.append(f"{name} failed alone: {m.run.error}")
-        elif m.run.perplexity > collapse * dense_ppl:
+        elif collapsed(m.run, dense, collapse):
             out.append(
-                f"collapse zone: {name} alone gives perplexity {m.run.perplexity:.1f} "
-                f"(> {collapse:g}× dense {dense_ppl:.1f}); the hypothesis may not hold there"
+                f"collapse zone: {name} alone gives {dense.metric_name} {m.run.value:.3g} "
+                f"(dense {dense.value:.3g}, collapse factor {collapse:g}); "
+                "the hypothesis may not hold there"
             )
         if not m.cer.in_range and m.family != "quantize":
             out.append(f"{name} lies outside the reference curve ({m.cer.status})")
-        if m.run.ok and m.run.perplexity == dense_ppl:
+        if m.run.ok and m.run.value == dense.value:
             out.append(f"{name} does not change the metric at all")
     if report.non_monotone:
         out.append(f"the reference curve is not monotone at bits {report.non_monotone}")
@@ -118,7 +125,7 @@ def recommend(
     if collapse_factor <= 1:
         raise ConfigError(f"collapse factor must exceed 1, got {collapse_factor}")
     report = measure_intensity(study, steps, options)
-    if all(m.run.ok and m.run.perplexity == report.dense.perplexity for m in report.methods):
+    if all(m.run.ok and m.run.value == report.dense.value for m in report.methods):
         raise ConfigError("none of the methods changes the model: there is no order to choose")
     ranked = sorted(range(len(steps)), key=lambda i: strength(report.methods[i].run))
     order = [report.methods[i].step for i in ranked]

@@ -51,8 +51,7 @@ class SearchResult:
     def to_dict(self) -> dict:
         return {
             "orders": [
-                {"order": list(o), "perplexity": r.perplexity, "status": r.status}
-                for o, r in self.orders
+                {"order": list(o), "value": r.value, "status": r.status} for o, r in self.orders
             ],
             "advantages": self.advantages,
             "best": list(self.best),

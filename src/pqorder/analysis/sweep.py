@@ -1,8 +1,9 @@
 """Strength sweeps: how the order advantage A(Q→P) grows with the CER gap C*_P − C_Q.
 
 For every pruning setting P and bit-width b of the quantizer Q, both orders are evaluated;
-A(Q→P) = M(P after Q) − M(Q after P) with M = −perplexity. The paper's figure plots A
-against the CER gap, one curve per pruning ratio; Spearman's ρ measures how monotone it is.
+A(Q→P) = M(P after Q) − M(Q after P) with M = −perplexity (or accuracy, retrieval top-1).
+The paper's figure plots A against the CER gap, one curve per pruning ratio; Spearman's ρ
+measures how monotone it is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pqorder.analysis.cer import quant_ratio
-from pqorder.analysis.intensity import CurveOptions, reference_curve
+from pqorder.analysis.intensity import CurveOptions, collapsed, reference_curve
 from pqorder.errors import ConfigError
 from pqorder.pipeline import make_step, parse_step
 from pqorder.study import Study
@@ -27,12 +28,12 @@ class SweepPoint:
     quant: str
     ratio: float
     bits: int
-    ppl_prune_then_quant: float | None
-    ppl_quant_then_prune: float | None
+    value_prune_then_quant: float | None  # the protocol's number (perplexity, top-1, ...)
+    value_quant_then_prune: float | None
     cer_prune: float | None
     cer_quant: float
     advantage_q_first: float | None  # A(Q→P)
-    collapse: bool = False  # an order's perplexity exceeds collapse_factor × dense
+    collapse: bool = False  # an order is in a collapse zone (see ``collapsed``)
 
     @property
     def cer_gap(self) -> float | None:
@@ -44,11 +45,13 @@ class SweepResult:
     points: list[SweepPoint]
     # Spearman ρ(A, CER gap) per pruning method and "all", each also without collapse points
     rho: dict[str, float | None] = field(default_factory=dict)
+    metric: str = "perplexity"  # what the values are
 
     def to_dict(self) -> dict:
         return {
             "points": [{**asdict(p), "cer_gap": p.cer_gap} for p in self.points],
             "rho": self.rho,
+            "metric": self.metric,
         }
 
 
@@ -84,8 +87,9 @@ def run_sweep(
 ) -> SweepResult:
     """Both orders at every (pruner, ratio, bits); CER from the quantizer's own curve.
 
-    Points where either order's perplexity exceeds ``collapse_factor`` × dense are marked as
-    collapse points (the paper excludes collapse zones); ρ is given with and without them.
+    Points where either order is in a collapse zone (perplexity above ``collapse_factor`` ×
+    dense, accuracy below dense / ``collapse_factor``) are marked as collapse points (the
+    paper excludes collapse zones); ρ is given with and without them.
     """
     if not pruners or not ratios or not bits:
         raise ConfigError("a sweep needs at least one pruner, one ratio and one bit-width")
@@ -103,7 +107,7 @@ def run_sweep(
     q_steps = {b: make_step(base_q.name, {**q_params, "bits": b}) for b in bits}
     options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
     curve = reference_curve(study, options)
-    limit = collapse_factor * study.dense_run().perplexity
+    dense = study.dense_run()
     points = []
     total = len(prune_steps) * len(q_steps)
     with tqdm(total=total, desc="sweep", disable=not progress) as bar:
@@ -113,7 +117,9 @@ def run_sweep(
             for b, q in q_steps.items():
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
-                collapse = not (pq.ok and qp.ok) or max(pq.perplexity, qp.perplexity) > limit
+                collapse = collapsed(pq, dense, collapse_factor) or collapsed(
+                    qp, dense, collapse_factor
+                )
                 c_q = quant_ratio(b, curve.mapping, curve.reference_bits)
                 points.append(
                     SweepPoint(
@@ -121,8 +127,8 @@ def run_sweep(
                         q.to_text(),
                         r,
                         b,
-                        pq.perplexity,
-                        qp.perplexity,
+                        pq.value,
+                        qp.value,
                         cer_p,
                         c_q,
                         adv,
@@ -130,7 +136,7 @@ def run_sweep(
                     )
                 )
                 bar.update()
-    return SweepResult(points, _rhos(points))
+    return SweepResult(points, _rhos(points), study.protocol.name)
 
 
 def _rhos(points: list[SweepPoint]) -> dict[str, float | None]:
@@ -176,7 +182,8 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "") -> Path:
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("CER gap  C*_P − C_Q")
-    ax.set_ylabel("order advantage  A(Q→P)  [−perplexity]")
+    unit = "−perplexity" if result.metric == "perplexity" else result.metric
+    ax.set_ylabel(f"order advantage  A(Q→P)  [{unit}]")
     rho = result.rho.get("all")
     ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
     if ax.get_legend_handles_labels()[0]:

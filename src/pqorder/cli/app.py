@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pqorder.errors import PqorderError
+from pqorder.errors import ConfigError, PqorderError
 
 app = typer.Typer(
     help="Joint model compression where the order of methods is measured and optimized.",
@@ -25,15 +25,39 @@ app = typer.Typer(
 console = Console(width=shutil.get_terminal_size((150, 40)).columns)
 
 ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m), directory or hub id.")
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Built-in alias (smollm2-135m, minilm, fmnist-cnn, fmnist-vit, digits-cnn), "
+        "resnet18 / deit-base (torchvision / timm + network), directory or hub id.",
+    ),
 ]
 DataOpt = Annotated[
-    str, typer.Option("--data", help="Evaluation text: austen:<novel>, pydoc, file:PATH, ...")
+    str,
+    typer.Option(
+        "--data",
+        help="Evaluation data. LMs: austen:<novel>, pydoc, file:PATH (default austen:emma); "
+        "vision: fashion-mnist[:test], digits[:test] (default: the model's own test split); "
+        "encoders: wordnet:noun.",
+    ),
 ]
+MaxSamplesOpt = Annotated[
+    int,
+    typer.Option(help="Vision: first N test images (0 = all); encoders: retrieval candidates."),
+]
+TaskOpt = Annotated[str, typer.Option(help="Encoders: 'retrieval top-1' or 'fidelity'.")]
 SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
 MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
-CalibOpt = Annotated[str, typer.Option("--calib", help="Calibration text source.")]
+CalibOpt = Annotated[
+    str,
+    typer.Option(
+        "--calib",
+        help="Calibration source: text (default austen:pride), or an image dataset's training "
+        "split for vision models (default: the model's own; seqlen is then unused).",
+    ),
+]
 CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration samples.")]
 CalibSeqlenOpt = Annotated[int, typer.Option(help="Tokens per calibration sample.")]
 SeedOpt = Annotated[int, typer.Option(help="Calibration sampling seed.")]
@@ -71,32 +95,31 @@ def main() -> None:
 
 def calibration_spec(source: str, samples: int, seqlen: int, seed: int, data: str):
     from pqorder.data.calibration import CalibrationSpec
+    from pqorder.data.images import is_image_source, parse_image_spec
     from pqorder.data.sources import disjoint_specs
 
-    source, _ = disjoint_specs(source, data)
+    if is_image_source(source):
+        if parse_image_spec(source, "train")[1] != "train":
+            raise ConfigError(f"calibration images come from a training split, not '{source}'")
+    else:
+        source, _ = disjoint_specs(source, data)
     spec = CalibrationSpec(source, samples, seqlen, seed)
     spec.validate()
     return spec
 
 
-def perplexity_protocol(data: str, seqlen: int, max_tokens: int, batch_size: int):
-    from pqorder.eval.perplexity import PerplexityProtocol
-
-    protocol = PerplexityProtocol(data, seqlen, max_tokens or None, batch_size)
-    protocol.validate()
-    return protocol
-
-
 # Option groups shared by many commands: (name, annotated type, default) per option.
 _GROUPS = {
     "protocol": [
-        ("data", DataOpt, "austen:emma"),
+        ("data", DataOpt, ""),
         ("seqlen", SeqlenOpt, 512),
         ("max_tokens", MaxTokensOpt, 8192),
         ("batch_size", BatchOpt, 4),
+        ("max_samples", MaxSamplesOpt, 0),
+        ("task", TaskOpt, "retrieval top-1"),
     ],
     "calibration": [
-        ("calib", CalibOpt, "austen:pride"),
+        ("calib", CalibOpt, ""),
         ("calib_samples", CalibSamplesOpt, 128),
         ("calib_seqlen", CalibSeqlenOpt, 512),
         ("seed", SeedOpt, 0),
@@ -147,18 +170,27 @@ def with_options(*groups: str):
 
         @functools.wraps(fn)
         def command(**kwargs):
+            from pqorder.eval.select import calibration_source, protocol_for
+
             raw = {name: kwargs.pop(name) for g in groups for name, _a, _d in _GROUPS[g]}
+            model = kwargs.get("model", raw.get("model"))
             if "protocol" in groups:
-                kwargs["protocol"] = perplexity_protocol(
-                    raw["data"], raw["seqlen"], raw["max_tokens"], raw["batch_size"]
+                kwargs["protocol"] = protocol_for(
+                    model,
+                    raw["data"],
+                    raw["max_samples"],
+                    raw["task"],
+                    raw["seqlen"],
+                    raw["max_tokens"] or None,
+                    raw["batch_size"],
                 )
             if "calibration" in groups:
                 kwargs["calibration"] = calibration_spec(
-                    raw["calib"],
+                    raw["calib"] or calibration_source(model),
                     raw["calib_samples"],
                     raw["calib_seqlen"],
                     raw["seed"],
-                    raw.get("data", "austen:emma"),
+                    raw.get("data") or "austen:emma",
                 )
             if "study" in groups:  # opened on demand, after the command checked its own input
                 kwargs["study"] = functools.partial(

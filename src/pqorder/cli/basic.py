@@ -24,12 +24,21 @@ from pqorder.pipeline import label
 
 @app.command()
 def prepare() -> None:
-    """Fetch and cache the offline assets: Austen novels and the fp32 SmolLM2 checkpoint."""
+    """Fetch and cache the offline assets: Austen novels, the fp32 SmolLM2 checkpoint,
+    Fashion-MNIST and WordNet (Debian packages), and the built-in Fashion-MNIST models."""
     from pqorder.data.austen import fetch_austen
+    from pqorder.data.images import fashion_mnist_dir
+    from pqorder.data.wordnet import wordnet_file
     from pqorder.models.smollm2 import prepare_checkpoint
+    from pqorder.models.zoo import prepare_vision, trained_record
 
     console.print(f"austen novels : {fetch_austen()}")
     console.print(f"smollm2-135m  : {prepare_checkpoint()}")
+    console.print(f"fashion-mnist : {fashion_mnist_dir()}")
+    console.print(f"wordnet       : {wordnet_file('noun').parent}")
+    for alias in ("fmnist-cnn", "fmnist-vit"):
+        prepare_vision(alias)
+        console.print(f"{alias:14s}: {trained_record(alias)}")
 
 
 @app.command()
@@ -53,20 +62,21 @@ def compress(
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help=PIPELINE_HELP)] = ...,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (atomic).")] = ...,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
-    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Perplexity after.")] = True,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate after.")] = True,
     sequential: SequentialOpt = False,
     protocol=None,
     calibration=None,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
     from pqorder.artifacts import check_output_dir, save_compressed
-    from pqorder.eval.perplexity import evaluate_perplexity
     from pqorder.models.loading import load_model
     from pqorder.pipeline import resolve_pipeline, run_pipeline
 
     pipe = resolve_pipeline(pipeline)
     check_output_dir(out, overwrite)
     lm = load_model(model)
+    if evaluate:
+        protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing
     result = run_pipeline(lm, pipe, calibration, sequential=sequential)
     record = {
         "model": model,
@@ -92,9 +102,7 @@ def compress(
         for note in r.notes:
             console.print(f"[yellow]{label(r.step)}:[/] {note}")
     if evaluate:
-        ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol)
-        record["perplexity"] = ppl.to_dict()
-        console.print(f"perplexity {ppl.perplexity:.3f}  ({_describe(ppl)})")
+        record[protocol.name] = _evaluate(lm, protocol, progress=True)
     console.print(f"saved to {save_compressed(lm, out, record, overwrite)}")
     if lm.caveat:
         console.print(f"[yellow]note:[/] {lm.caveat}")
@@ -105,6 +113,23 @@ def _describe(result) -> str:
     return f"{p.dataset}, seqlen {p.seqlen}, {result.tokens} tokens in {result.windows} windows"
 
 
+def _evaluate(lm, protocol, progress: bool, echo: bool = True) -> dict:
+    """Evaluate under the protocol, print one line, return the JSON-able result."""
+    from pqorder.eval import protocol_dict
+    from pqorder.eval.perplexity import evaluate_perplexity
+
+    if protocol.name == "perplexity":
+        result = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=progress)
+        if echo:
+            console.print(f"{lm.name}: perplexity {result.perplexity:.3f}  ({_describe(result)})")
+        return result.to_dict()
+    protocol.prepare(lm)
+    value = protocol.score(lm)
+    if echo:
+        console.print(f"{lm.name}: {protocol.name} {value:.4f}  ({protocol})")
+    return {protocol.name: value, "protocol": protocol_dict(protocol)}
+
+
 @app.command("eval")
 @with_options("protocol")
 def eval_(
@@ -112,16 +137,13 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     protocol=None,
 ) -> None:
-    """Perplexity of a model (alias, hub id, or a pqorder output directory)."""
-    from pqorder.eval.perplexity import evaluate_perplexity
+    """Perplexity (LMs), top-1 accuracy (vision) or retrieval top-1 (encoders) of a model."""
     from pqorder.models.loading import load_model
 
     lm = load_model(model)
-    result = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=not as_json)
+    result = _evaluate(lm, protocol, progress=not as_json, echo=not as_json)
     if as_json:
-        typer.echo(json.dumps({"model": model, **result.to_dict()}, indent=2))
-    else:
-        console.print(f"{model}: perplexity {result.perplexity:.3f}  ({_describe(result)})")
+        typer.echo(json.dumps({"model": model, **result}, indent=2))
 
 
 @app.command()
@@ -139,6 +161,10 @@ def grid(
     from pqorder.orders import order_grid
     from pqorder.pipeline import parse_step
 
+    if protocol.name != "perplexity":
+        raise ConfigError(
+            f"grid compares perplexities; for {protocol.name} use `pqorder search` or `sweep`"
+        )
     prune_steps = [parse_step(s) for s in prune or ["magnitude:ratio=0.1", "magnitude:ratio=0.25"]]
     quant_steps = [parse_step(s) for s in quant or ["rtn:bits=4,group=128", "rtn:bits=3,group=128"]]
     for steps, family in ((prune_steps, "prune"), (quant_steps, "quantize")):

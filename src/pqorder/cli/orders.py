@@ -10,25 +10,34 @@ from rich.table import Table
 
 from pqorder.cli.app import StoreOpt, StudyOpt, app, console, with_options
 from pqorder.pipeline import label, order_label
+from pqorder.store import m_text
 
 MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order (repeatable).")]
 
 
+def _value(run, digits: int = 2) -> str:
+    """A run's number: perplexity with 2 decimals, accuracy-like metrics with 4."""
+    if not run.ok:
+        return "failed"
+    return f"{run.value:.{digits if run.perplexity is not None else 4}f}"
+
+
 def print_recommendation(rec) -> None:
+    dense_run = rec.intensity.dense
+    metric = dense_run.metric_name
     table = Table(
         "method",
         "family",
         "granularity",
-        "ppl alone",
+        f"{metric} alone",
         "G vs dense",
         "CER C*",
-        title=f"intensity (dense perplexity {rec.intensity.dense.perplexity:.2f})",
+        title=f"intensity (dense {metric} {_value(dense_run)})",
     )
-    dense = rec.intensity.dense.metric
+    dense = dense_run.metric
     for m in rec.intensity.methods:
-        gap = f"{dense - m.metric:.2f}" if m.run.ok else "failed"
-        ppl = f"{m.run.perplexity:.2f}" if m.run.ok else "failed"
-        table.add_row(label(m.step), m.family, m.granularity, ppl, gap, m.cer.describe())
+        gap = f"{dense - m.metric:.4g}" if m.run.ok else "failed"
+        table.add_row(label(m.step), m.family, m.granularity, _value(m.run), gap, m.cer.describe())
     console.print(table)
     gaps = ", ".join("?" if g is None else f"{g:+.3f}" for g in rec.cer_gaps)
     console.print(f"recommended order (weaker first): [bold]{order_label(rec.order)}[/]")
@@ -38,12 +47,13 @@ def print_recommendation(rec) -> None:
 
 
 def print_search(res) -> None:
-    table = Table("order", "perplexity", "status", title="orders (best first)")
+    metric = res.orders[0][1].metric_name
+    table = Table("order", metric, "status", title="orders (best first)")
     for order, run in res.orders:
-        table.add_row(order_label(order), f"{run.perplexity:.2f}" if run.ok else "-", run.status)
+        table.add_row(order_label(order), _value(run) if run.ok else "-", run.status)
     console.print(table)
     for pair, a in res.advantages.items():
-        console.print(f"A({pair}) = {a:+.3f}  (−perplexity)")
+        console.print(f"A({pair}) = {a:+.4f}  ({m_text(metric)})")
     verdict = {True: "yes", False: "no", None: "-"}[res.pih_was_best]
     s = res.spend
     console.print(f"best: [bold]{order_label(res.best)}[/]; PIH recommendation was best: {verdict}")
@@ -166,17 +176,18 @@ def print_sweep(result) -> None:
         "CER gap",
         "A(Q→P)",
         "collapse",
-        title="sweep (perplexity; A in −perplexity)",
+        title=f"sweep ({result.metric}; A in {m_text(result.metric)})",
     )
+    digits = 2 if result.metric == "perplexity" else 4
     for p in result.points:
         table.add_row(
             p.prune,
             f"{p.ratio:g}",
             str(p.bits),
-            _num(p.ppl_prune_then_quant),
-            _num(p.ppl_quant_then_prune),
+            _num(p.value_prune_then_quant, digits),
+            _num(p.value_quant_then_prune, digits),
             _num(p.cer_gap, 3),
-            _num(p.advantage_q_first, 2, "+"),
+            _num(p.advantage_q_first, digits, "+"),
             "yes" if p.collapse else "",
         )
     console.print(table)
@@ -240,14 +251,15 @@ def runs(
 
     db = RunStore(store)
     rows = db.query(study, model, status, contains)
-    table = Table("id", "study", "model", "pipeline", "perplexity", "status", "seconds")
+    table = Table("id", "study", "model", "pipeline", "metric", "value", "status", "seconds")
     for r in rows:
         table.add_row(
             str(r.id),
             r.study,
             r.model,
             r.pipeline,
-            _num(r.perplexity),
+            r.metric_name,
+            _num(r.value, 2 if r.perplexity is not None else 4),
             r.status,
             f"{r.seconds:.1f}",
         )

@@ -83,6 +83,13 @@ def model_kind(spec: str) -> Kind:
     return "causal-lm"
 
 
+def default_dataset(spec: str) -> str | None:
+    """The test split a vision model is evaluated on by default (None: no offline data)."""
+    path = Path(spec).expanduser() / VISION_FILE
+    arch = json.loads(path.read_text())["arch"] if path.exists() else spec
+    return f"{zoo.RECIPES[arch].dataset}:test" if arch in zoo.RECIPES else None
+
+
 def load_model(spec: str) -> LoadedModel:
     """An alias (smollm2-135m, minilm, fmnist-cnn, ...), a directory (HF checkpoint or pqorder
     output), or a hub id."""

@@ -129,6 +129,19 @@ def prepare_vision(alias: str) -> Path:
     return target
 
 
+def trained_record(alias: str) -> str | None:
+    """One line about a cached built-in model's training, or None (not built in, not cached)."""
+    path = checkpoint_dir(alias) / RECORD
+    if alias not in RECIPES or not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    return (
+        f"{alias}: {r['params']:,} parameters, {r['epochs']} epochs on {r['dataset']}:train "
+        f"(seed {r['seed']}, {r['train_seconds']:.0f} s), top-1 {r['test_top1']:.4f} on "
+        f"{r['test_images']} {r['dataset']}:test images"
+    )
+
+
 def load_vision(alias: str) -> tuple[ImageClassifier, dict]:
     """The cached model (trained now if missing) and its training record."""
     folder = prepare_vision(alias)

@@ -1,0 +1,46 @@
+"""The evaluation protocol and calibration source a model's kind calls for.
+
+Causal LMs: perplexity on text (default Emma), calibration text (default Pride and
+Prejudice). Vision: top-1 on the model's own test split, calibration images from its
+training split. Encoders: WordNet retrieval top-1 (or fidelity), calibration text.
+"""
+
+from __future__ import annotations
+
+from pqorder.errors import ConfigError
+from pqorder.eval import Evaluator
+from pqorder.eval.accuracy import AccuracyProtocol
+from pqorder.eval.perplexity import PerplexityProtocol
+from pqorder.eval.retrieval import RetrievalProtocol
+from pqorder.models.loading import default_dataset, model_kind
+
+
+def protocol_for(
+    model: str,
+    data: str = "",
+    max_samples: int = 0,
+    task: str = "retrieval top-1",
+    seqlen: int = 512,
+    max_tokens: int | None = 8192,
+    batch_size: int = 4,
+) -> Evaluator:
+    """A validated protocol; empty ``data`` means the kind's default dataset."""
+    kind = model_kind(model)
+    if kind == "vision":
+        data = data or default_dataset(model)
+        if data is None:
+            raise ConfigError(f"{model} has no offline evaluation set: pass --data")
+        protocol = AccuracyProtocol(data, max_samples or None)
+    elif kind == "encoder":
+        protocol = RetrievalProtocol(data or "wordnet:noun", max_samples or 1000, 0, task)
+    else:
+        protocol = PerplexityProtocol(data or "austen:emma", seqlen, max_tokens, batch_size)
+    protocol.validate()
+    return protocol
+
+
+def calibration_source(model: str) -> str:
+    """The default calibration source of a model."""
+    if model_kind(model) == "vision" and (data := default_dataset(model)) is not None:
+        return f"{data.split(':')[0]}:train"
+    return "austen:pride"
