@@ -49,14 +49,17 @@ class RetrievalProtocol:
         return [d for d, _ in pairs], [w for _, w in pairs]
 
     def _embeddings(self, lm: object) -> tuple[Tensor, Tensor]:
-        if getattr(lm, "tokenizer", None) is None or getattr(lm, "kind", "") != "encoder":
+        if getattr(lm, "kind", "") != "encoder":
             raise ConfigError(f"retrieval needs a text encoder with a tokenizer, not {lm.name}")
         queries, heads = self._texts()
         return embed(lm.model, lm.tokenizer, queries), embed(lm.model, lm.tokenizer, heads)
 
     def prepare(self, lm: object) -> None:
-        """Embed with the model as it is now: the reference of the fidelity measure."""
-        self._reference["embeddings"] = self._embeddings(lm)
+        """Check the model; for fidelity, embed with the model as it is now (the reference)."""
+        if self.task == "fidelity":
+            self._reference["embeddings"] = self._embeddings(lm)
+        elif getattr(lm, "kind", "") != "encoder":
+            raise ConfigError(f"retrieval needs a text encoder with a tokenizer, not {lm.name}")
 
     def score(self, lm: object) -> float:
         q, h = self._embeddings(lm)

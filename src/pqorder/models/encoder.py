@@ -36,10 +36,11 @@ def model_dir() -> Path:
 def embed(model: nn.Module, tokenizer: object, texts: list[str], batch_size: int = 128) -> Tensor:
     """Mean-pooled, L2-normalized sentence embeddings (len(texts), hidden)."""
     model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of similar length
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(
-            texts[i : i + batch_size],
+            [texts[j] for j in order[i : i + batch_size]],
             padding=True,
             truncation=True,
             max_length=64,
@@ -49,4 +50,5 @@ def embed(model: nn.Module, tokenizer: object, texts: list[str], batch_size: int
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         out.append(nn.functional.normalize(pooled, dim=1))
-    return torch.cat(out)
+    pooled = torch.cat(out)
+    return pooled[torch.argsort(torch.tensor(order))]
