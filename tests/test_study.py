@@ -103,9 +103,9 @@ def test_bad_order_questions(study):
 
 
 def test_nan_metric_is_recorded_as_failed_and_the_study_goes_on(study, monkeypatch):
-    import pqorder.study as study_module
+    import pqorder.eval.perplexity as perplexity_module
 
-    real = study_module.evaluate_perplexity
+    real = perplexity_module.evaluate_perplexity
 
     def flaky(model, tokenizer, protocol, progress=True):
         result = real(model, tokenizer, protocol, progress)
@@ -113,7 +113,7 @@ def test_nan_metric_is_recorded_as_failed_and_the_study_goes_on(study, monkeypat
             return type(result)(math.nan, math.nan, result.tokens, result.windows, protocol)
         return result
 
-    monkeypatch.setattr(study_module, "evaluate_perplexity", flaky)
+    monkeypatch.setattr(perplexity_module, "evaluate_perplexity", flaky)
     steps = [parse_step("magnitude:ratio=0.2"), parse_step("rtn:bits=4")]
     result = search_orders(study, steps)
     assert all(not run.ok for _order, run in result.orders)

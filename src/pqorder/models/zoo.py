@@ -47,7 +47,7 @@ RECIPES = {
     ),
     "fmnist-vit": Recipe(
         "fashion-mnist",
-        lambda: vit((1, 28, 28), 10, patch=4, dim=64, depth=4, heads=4, dataset="fashion-mnist"),
+        lambda: vit((1, 28, 28), 10, patch=7, dim=64, depth=4, heads=4, dataset="fashion-mnist"),
         4,
         2e-3,
     ),
@@ -123,6 +123,10 @@ def prepare_vision(alias: str) -> Path:
         save_file(dict(model.state_dict()), str(tmp / WEIGHTS))
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
         tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / RECORD).exists():  # else another process cached it first: use that
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
