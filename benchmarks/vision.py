@@ -3,7 +3,7 @@ time and top-1 of every method on the Fashion-MNIST CNN.
 
 Protocol: fmnist-cnn (ResNet-style, 77.8 k parameters) and fmnist-vit (patch 7, 4 blocks);
 training as recorded when each was cached (seed 0, AdamW + one-cycle, no augmentation);
-top-1 on the official 10,000-image test split. Compression of all 7 Conv2d units inside the
+top-1 on the official 10,000-image test split. Compression of all 8 Conv2d units inside the
 CNN's blocks (stem and classifier stay dense), calibration 128 training images, seed 0, on
 the threads torch is given (--threads, default 2). Each method starts from the dense model.
 Run: python benchmarks/vision.py [--json out.json]

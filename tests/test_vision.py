@@ -197,3 +197,20 @@ def test_compressed_vision_model_saves_and_reloads(digits, tmp_path):
     assert again.kind == "vision" and DIGITS.score(again) == acc
     name = "blocks.1.conv2"
     assert torch.equal(again.state.get(name).mask, digits.state.get(name).mask)
+
+
+def test_activation_quantization_is_part_of_the_protocol(digits):
+    from pqorder.eval.activations import fake_quantize
+
+    x = torch.randn(1000)
+    q = fake_quantize(x, 4)
+    assert torch.unique(q).numel() <= 16 and (q - x).abs().max() < (x.max() - x.min()) / 15
+    dense = DIGITS.score(digits)
+    a8, a2 = (
+        AccuracyProtocol("digits:test", act_bits=8),
+        AccuracyProtocol("digits:test", act_bits=2),
+    )
+    assert abs(a8.score(digits) - dense) < 0.02 and a2.score(digits) < dense - 0.05
+    assert DIGITS.score(digits) == dense  # the hooks are gone after scoring
+    with pytest.raises(ConfigError, match="activation bits"):
+        AccuracyProtocol(act_bits=1).validate()
