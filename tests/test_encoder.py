@@ -50,6 +50,8 @@ def test_methods_apply_to_every_linear_and_metrics_move(minilm):
         restore_snapshot(minilm, snap)
         assert apply_step(minilm, parse_step(text), tokens, progress=False).units == 36
         assert 0.5 < fidelity.score(minilm) < 0.999
+    with pytest.raises(ConfigError, match="fidelity compares with the dense model"):
+        RetrievalProtocol("wordnet:noun", 200, 0, "fidelity").prepare(minilm)
     restore_snapshot(minilm, snap)
 
 

@@ -57,6 +57,11 @@ class RetrievalProtocol:
     def prepare(self, lm: object) -> None:
         """Check the model; for fidelity, embed with the model as it is now (the reference)."""
         if self.task == "fidelity":
+            if lm.state.units:
+                raise ConfigError(
+                    f"fidelity compares with the dense model, and {lm.name} is already "
+                    "compressed: use `pqorder compress --task fidelity` or a study"
+                )
             self._reference["embeddings"] = self._embeddings(lm)
         elif getattr(lm, "kind", "") != "encoder":
             raise ConfigError(f"retrieval needs a text encoder with a tokenizer, not {lm.name}")
