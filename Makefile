@@ -2,7 +2,7 @@
 VENV ?= .venv
 PQ = $(VENV)/bin/pqorder
 
-.PHONY: setup demo test lint bench clean-cache
+.PHONY: setup demo test lint bench bench-vision clean-cache
 
 setup:
 	bash scripts/setup.sh
@@ -19,3 +19,6 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/compress.py --eval
+
+bench-vision: setup
+	$(VENV)/bin/python benchmarks/vision.py
