@@ -118,7 +118,7 @@ def _describe(result) -> str:
 
 
 def _evaluate(lm, protocol, progress: bool, echo: bool = True) -> dict:
-    """Evaluate under the protocol, print one line, return the JSON-able result."""
+    """Evaluate under the (prepared) protocol, print one line, return the JSON-able result."""
     from pqorder.eval import protocol_dict
     from pqorder.eval.perplexity import evaluate_perplexity
 
@@ -127,7 +127,6 @@ def _evaluate(lm, protocol, progress: bool, echo: bool = True) -> dict:
         if echo:
             console.print(f"{lm.name}: perplexity {result.perplexity:.3f}  ({_describe(result)})")
         return result.to_dict()
-    protocol.prepare(lm)
     value = protocol.score(lm)
     if echo:
         console.print(f"{lm.name}: {protocol.name} {value:.4f}  ({protocol})")
@@ -145,6 +144,7 @@ def eval_(
     from pqorder.models.loading import load_model
 
     lm = load_model(model)
+    protocol.prepare(lm)
     result = _evaluate(lm, protocol, progress=not as_json, echo=not as_json)
     if as_json:
         typer.echo(json.dumps({"model": model, **result}, indent=2))
