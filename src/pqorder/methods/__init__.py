@@ -1,6 +1,17 @@
 """Compression methods and their registry (importing this package registers them all)."""
 
-from pqorder.methods import gptq, magnitude, rtn, sparsegpt, wanda  # noqa: F401  (registration)
+from pqorder.methods import (  # noqa: F401  (registration)
+    actquant,
+    gptq,
+    magnitude,
+    quarot,
+    rotation,
+    rtn,
+    sleb,
+    sparsegpt,
+    structured,
+    wanda,
+)
 from pqorder.methods.base import REGISTRY, Method, MethodConfig, get_method, register
 
 __all__ = ["REGISTRY", "Method", "MethodConfig", "get_method", "register"]

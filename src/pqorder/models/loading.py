@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ class LoadedModel:
     model: nn.Module
     tokenizer: object
     state: CompressionState = field(default_factory=CompressionState)
+    runtime: Any = field(default=None, repr=False)  # pqorder.transforms.Runtime, made on demand
 
     @property
     def caveat(self) -> str | None:
@@ -38,7 +40,12 @@ def _from_pretrained(source: str | Path, name: str) -> LoadedModel:
     model.eval()
     state_file = Path(source) / STATE_FILE
     state = CompressionState.load(state_file) if state_file.exists() else CompressionState()
-    return LoadedModel(name, model, tokenizer, state)
+    lm = LoadedModel(name, model, tokenizer, state)
+    if state_file.exists():
+        from pqorder.transforms import sync  # the saved forward-pass transforms come back
+
+        sync(lm)
+    return lm
 
 
 def load_model(spec: str) -> LoadedModel:
