@@ -125,16 +125,19 @@ def _fingerprint(model: nn.Module, tokens: Tensor, cfg: SLEBConfig) -> str:
 def greedy_removal(
     model: nn.Module, tokens: Tensor, count: int, cfg: SLEBConfig, progress: bool
 ) -> tuple[list[int], list[float]]:
-    """Positions (in the current model) removed round by round, and the perplexity after each."""
+    """Blocks removed round by round (indices in the model as given), and the calibration
+    perplexity after each newly computed round."""
     key = _fingerprint(model, tokens, cfg)
     known = _ORDERS.get(key, [])
     if len(known) >= count:
         return known[:count], []
     scorer = _Scorer(model, tokens, cfg.batch_size)
-    order: list[int] = []
-    ppls: list[float] = []
     original = list(range(len(scorer.blocks)))
-    for _ in tqdm(range(count), desc="sleb", disable=not progress, leave=False):
+    for block in known:  # continue a shorter greedy run instead of repeating it
+        scorer.remove(original.index(block))
+        original.remove(block)
+    order, ppls = list(known), []
+    for _ in tqdm(range(count - len(known)), desc="sleb", disable=not progress, leave=False):
         n = len(scorer.blocks)
         candidates = range(cfg.keep_first, n - cfg.keep_last)
         scores = {j: scorer.nll_without(j) for j in candidates}
@@ -171,14 +174,16 @@ class SLEB(ModelMethod):
             m.count(n_original) for m in earlier if isinstance(m, SLEB)
         )
         want = self.count(n_original)
-        free = n_original - gone - self.config.keep_first - self.config.keep_last
+        barriers = self.config.keep_first + self.config.keep_last
+        free = n_original - gone - max(barriers, 1)  # at least one block remains
         if want < 1:
             raise ConfigError(f"sleb: ratio {self.config.ratio} of {n_original} blocks is 0 blocks")
         if want > free:
             raise ConfigError(
                 f"sleb: cannot remove {want} blocks: the model has {n_original - gone} "
                 f"(of {n_original}; {gone} removed before), and keep_first="
-                f"{self.config.keep_first}, keep_last={self.config.keep_last} must stay"
+                f"{self.config.keep_first}, keep_last={self.config.keep_last} must stay "
+                f"(and at least one block)"
             )
 
     def apply(
