@@ -89,23 +89,27 @@ def runtime(lm: Any) -> Runtime:
                 None if i in transforms.removed_blocks else next(kept)
                 for i in range(transforms.n_blocks)
             ]
-        out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+        config = getattr(model, "config", None)  # None for plain torch models (vision)
+        out = model.get_output_embeddings() if config is not None else None
         lm.runtime = Runtime(
             path=path,
             blocks=full,
-            tied=out is not None and out.weight is emb.weight,
-            attention=model.config._attn_implementation,
-            layer_types=getattr(model.config, "layer_types", None),
+            tied=out is not None and out.weight is model.get_input_embeddings().weight,
+            attention=getattr(config, "_attn_implementation", None),
+            layer_types=getattr(config, "layer_types", None),
         )
     return lm.runtime
 
 
 def _set_blocks(lm: Any, rt: Runtime, removed: list[int]) -> None:
     blocks = [b for i, b in enumerate(rt.blocks) if i not in removed]
-    if any(b is None for b in blocks):
-        raise PqorderError("this checkpoint was saved without some blocks; they cannot return")
     parent_path, _, attr = rt.path.rpartition(".")
     parent = lm.model.get_submodule(parent_path) if parent_path else lm.model
+    current = list(getattr(parent, attr))
+    if len(current) == len(blocks) and all(a is b for a, b in zip(current, blocks, strict=True)):
+        return  # already this structure
+    if any(b is None for b in blocks):
+        raise PqorderError("this checkpoint was saved without some blocks; they cannot return")
     setattr(parent, attr, nn.ModuleList(blocks))
     config = lm.model.config
     config.num_hidden_layers = len(blocks)
@@ -158,7 +162,8 @@ def _install_hooks(lm: Any, rt: Runtime, rotation: Rotation | None, act: Activat
             quant = functools.partial(fake_quant, bits=act.bits, clip=act.clip, sym=True)
             rt.handles.append(unit.register_forward_pre_hook(_pre_hook(quant)))
     uses = any(getattr(getattr(b, "self_attn", None), "pqorder_attention", None) for b in blocks)
-    model.config._attn_implementation = ATTENTION if uses else rt.attention
+    if rt.attention is not None:
+        model.config._attn_implementation = ATTENTION if uses else rt.attention
 
 
 def sync(lm: Any) -> None:
