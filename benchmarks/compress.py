@@ -3,6 +3,7 @@
 Protocol: all 210 decoder Linear layers; calibration 128 × 512 tokens of Pride and Prejudice,
 seed 0; 2 CPU threads unless --threads says otherwise. With --eval, also the perplexity on
 the first 8,192 tokens of Emma in 512-token windows. Run: python benchmarks/compress.py
+(``--set rotation`` for rotation, QuaRot presets, SLEB and structured pruning).
 """
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ import subprocess
 import sys
 import time
 
-DEFAULT_STEPS = [
-    "magnitude:ratio=0.5",
-    "rtn:bits=4",
-    "rtn:bits=3",
-    "wanda:ratio=0.5",
-    "sparsegpt:ratio=0.5",
-    "wanda:nm=2:4",
-    "sparsegpt:nm=2:4",
-    "gptq:bits=4",
-    "gptq:bits=3",
-]
+STEP_SETS = {
+    "methods": [
+        "magnitude:ratio=0.5",
+        "rtn:bits=4",
+        "rtn:bits=3",
+        "wanda:ratio=0.5",
+        "sparsegpt:ratio=0.5",
+        "wanda:nm=2:4",
+        "sparsegpt:nm=2:4",
+        "gptq:bits=4",
+        "gptq:bits=3",
+    ],
+    "rotation": [
+        "rotate",
+        "quarot:weights=rtn,preset=W4A16",
+        "quarot:weights=rtn,preset=W4A4KV4",
+        "actquant:bits=4,kv_bits=4",
+        "structured:target=channels,ratio=0.25",
+        "structured:target=heads,ratio=0.25,score=activation",
+        "sleb:blocks=3",
+    ],
+}
 
 
 def measure(step: str, samples: int, seqlen: int, threads: int, evaluate: bool) -> dict:
@@ -64,7 +76,8 @@ def measure(step: str, samples: int, seqlen: int, threads: int, evaluate: bool) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", nargs="*", default=DEFAULT_STEPS)
+    parser.add_argument("--set", choices=sorted(STEP_SETS), default="methods")
+    parser.add_argument("--steps", nargs="*", help="steps to measure (default: the --set)")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
@@ -82,7 +95,7 @@ def main() -> None:
         f"{'step':28s} {'seconds':>8s} {'peak RSS MB':>12s} {'after load':>11s} "
         f"{'calib tok/s':>11s} {'perplexity':>10s}"
     )
-    for step in args.steps:
+    for step in args.steps or STEP_SETS[args.set]:
         cmd = [
             sys.executable,
             __file__,

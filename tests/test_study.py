@@ -145,3 +145,32 @@ def test_recommend_interference_and_report(study, tmp_path):
         assert section in text
     assert (tmp_path / "report" / "sweep.png").stat().st_size > 1000
     assert (tmp_path / "report" / "report.html").exists()
+
+
+def test_rotation_study_is_stored_and_reported(study, tmp_path):
+    result = api.rotation_study(study, ["magnitude"], [0.3])
+    (point,) = result.points
+    assert result.rotated_ppl == pytest.approx(result.dense_ppl, rel=1e-3)  # same function
+    assert point.ppl_rotated != point.ppl_plain  # magnitude pruned different (rotated) weights
+    pipelines = {r.pipeline.split(":")[0] for r in study.store.query(study="t")}
+    assert pipelines == {"dense", "magnitude", "rotate"}
+    api.report(study, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Pruning after rotation" in md and (tmp_path / "report" / "rotation.png").exists()
+
+
+def test_rotated_prefix_comes_back_from_the_cache(study, tiny):
+    rotate, prune = parse_step("rotate"), parse_step("magnitude:ratio=0.3")
+    first = study.evaluate((rotate, prune))
+    study.reset()
+    study.store.path.unlink()
+    again = Study(tiny, PROTOCOL, CALIBRATION, RunStore(study.store.path), study.cache, name="t")
+    assert again.evaluate((rotate, prune)).perplexity == first.perplexity
+    assert again.spend.cache_hits == 1
+    again.reset()
+
+
+def test_infeasible_order_is_a_failed_run_not_a_crash(study):
+    run = study.evaluate((parse_step("magnitude:ratio=0.3"), parse_step("rotate")))
+    assert run.status == "failed" and "infeasible order" in run.error
+    assert study.evaluate((parse_step("rotate"),)).ok

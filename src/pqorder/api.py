@@ -16,6 +16,7 @@ from pathlib import Path
 from pqorder.analysis.intensity import CurveOptions
 from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.recommend import recommend as _recommend
+from pqorder.analysis.rotation import PRUNERS, RATIOS, RotationStudy, run_rotation_study
 from pqorder.analysis.search import SearchResult, search_orders
 from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
 from pqorder.analysis.units import InterferenceResult, analyze_interference, dense_hessians
@@ -96,6 +97,18 @@ def sweep(
     _save(study, "sweep", result.to_dict())
     if plot is not None:
         plot_sweep(result, Path(plot))
+    return result
+
+
+def rotation_study(
+    study: Study,
+    pruners: Sequence[str] = PRUNERS,
+    ratios: Sequence[float] = RATIOS,
+    rotation: str = "rotate",
+) -> RotationStudy:
+    """Pruning with and without a prior rotation (the paper's rotation finding) on this model."""
+    result = run_rotation_study(study, pruners, ratios, rotation, study.progress)
+    _save(study, "rotation", result.to_dict())
     return result
 
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pqorder.errors import ConfigError, PqorderError
 from pqorder.layerwise import calibrated_units
+from pqorder.methods.base import ModelMethod, ModelOutcome, UnitMethod
 from pqorder.models.adapter import compressible_units, get_weight, set_weight, unit_shape
 from pqorder.stats import UnitStats
 
@@ -30,36 +31,59 @@ class StepRecord:
     sparsity: float  # fraction of pruned weights over the touched units (from the masks)
     bits: int | None  # bit-width of the grid the touched units now lie on, if any
     notes: list[str] = field(default_factory=list)  # warnings raised while compressing
+    details: dict[str, Any] = field(default_factory=dict)  # model-level facts (removed blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def check_pipeline(lm: Any, pipeline: Any) -> None:
-    """Every step can handle every unit: raised before any weight changes."""
+    """Every step can handle every unit and follow the steps before it: raised before work."""
     units = compressible_units(lm.model)
-    for step in pipeline.steps:
+    for i, step in enumerate(pipeline.steps):
+        step.method.check_composition(lm, [s.method for s in pipeline.steps[:i]])
         for name, module in units.items():
             step.method.check_unit(name, unit_shape(module))
 
 
 def _walk(
-    lm: Any, step: Any, calibration: Tensor | None, progress: bool, sequential: bool
+    lm: Any,
+    method: UnitMethod,
+    label: str,
+    calibration: Tensor | None,
+    progress: bool,
+    sequential: bool,
 ) -> Iterator[tuple[str, nn.Module, UnitStats | None]]:
     units = compressible_units(lm.model)
-    if not step.method.needs_calibration:
-        bar = tqdm(units.items(), desc=step.to_text(), disable=not progress, leave=False)
+    if not method.needs_calibration:
+        bar = tqdm(units.items(), desc=label, disable=not progress, leave=False)
         return ((name, module, None) for name, module in bar)
     if calibration is None:
-        raise ConfigError(f"{step.name} needs calibration data (a CalibrationSpec)")
+        raise ConfigError(f"{method.name} needs calibration data (a CalibrationSpec)")
     return calibrated_units(
-        lm.model,
-        units,
-        calibration,
-        sequential=sequential,
-        progress=progress,
-        label=step.to_text(),
+        lm.model, units, calibration, sequential=sequential, progress=progress, label=label
     )
+
+
+def compress_units(
+    lm: Any,
+    method: UnitMethod,
+    label: str,
+    calibration: Tensor | None,
+    progress: bool,
+    sequential: bool,
+) -> ModelOutcome:
+    """Run a unit method over every unit, each within its existing constraint."""
+    touched = []
+    for name, module, stats in _walk(lm, method, label, calibration, progress, sequential):
+        w_new, constraint = method.compress_unit(get_weight(module), lm.state.get(name), stats)
+        if not torch.isfinite(w_new).all():
+            raise PqorderError(f"{label} produced NaN/Inf weights in {name}")
+        set_weight(module, w_new)
+        lm.state.set(name, constraint)
+        touched.append(name)
+    method.finish(lm, calibration)
+    return ModelOutcome(touched)
 
 
 @torch.no_grad()
@@ -70,38 +94,33 @@ def apply_step(
     progress: bool = True,
     sequential: bool = False,
 ) -> StepRecord:
-    """Compress every unit of ``lm`` with ``step`` within the unit's existing constraints.
+    """Apply ``step`` to ``lm`` in place, within the constraints earlier steps established.
 
     ``calibration`` is a (n_samples, seqlen) token tensor, required by calibrated methods.
     """
     method = step.method
     start = time.perf_counter()
-    pruned = total = count = 0
-    bits: set[int] = set()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for name, module, stats in _walk(lm, step, calibration, progress, sequential):
-            w = get_weight(module)
-            w_new, constraint = method.compress_unit(w, lm.state.get(name), stats)
-            if not torch.isfinite(w_new).all():
-                raise PqorderError(f"{step.to_text()} produced NaN/Inf weights in {name}")
-            set_weight(module, w_new)
-            lm.state.set(name, constraint)
-            count += 1
-            total += w.numel()
-            pruned += 0 if constraint.mask is None else int((~constraint.mask).sum())
-            if constraint.grid is not None:
-                bits.add(constraint.grid.bits)
-        method.finish(lm, calibration)
+        if isinstance(method, ModelMethod):
+            outcome = method.apply(lm, calibration, progress, sequential)
+        else:
+            outcome = compress_units(lm, method, step.to_text(), calibration, progress, sequential)
     for warning in caught:
         warnings.warn(warning.message, stacklevel=2)
+    units = compressible_units(lm.model)
+    touched = [n for n in outcome.touched if n in units]
+    total = sum(units[n].weight.numel() for n in touched)
+    pruned = sum(int((~lm.state.get(n).kept(units[n].weight)).sum()) for n in touched)
+    bits = {g.bits for n in touched if (g := lm.state.get(n).grid) is not None}
     return StepRecord(
         step=step.to_text(),
         family=method.family,
         granularity=method.granularity,
         seconds=time.perf_counter() - start,
-        units=count,
+        units=len(touched),
         sparsity=pruned / max(total, 1),
         bits=min(bits) if bits else None,
         notes=[str(w.message) for w in caught],
+        details=outcome.details,
     )

@@ -11,3 +11,7 @@ class ConfigError(PqorderError):
 
 class AssetError(PqorderError):
     """A model, dataset or offline asset is missing or cannot be loaded."""
+
+
+class OrderError(ConfigError):
+    """A step cannot follow an earlier one (rotation after pruning): this order is infeasible."""

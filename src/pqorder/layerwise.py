@@ -73,7 +73,7 @@ def _block_output(out: Any) -> Tensor:
 
 
 @torch.no_grad()
-def _run_block(block: nn.Module, inputs: BlockInputs, batches: int | None = None) -> list[Tensor]:
+def run_block(block: nn.Module, inputs: BlockInputs, batches: int | None = None) -> list[Tensor]:
     pairs = list(zip(inputs.hidden, inputs.kwargs, strict=True))[:batches]
     return [_block_output(block(h, **kw)) for h, kw in pairs]
 
@@ -94,7 +94,7 @@ def _input_groups(block: nn.Module, units: dict[str, nn.Module], inputs: BlockIn
 
         handles.append(module.register_forward_hook(record))
     try:
-        _run_block(block, inputs, batches=1)
+        run_block(block, inputs, batches=1)
     finally:
         for h in handles:
             h.remove()
@@ -118,7 +118,7 @@ def _collect(
             )
         )
     try:
-        _run_block(block, inputs)
+        run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -160,7 +160,7 @@ def calibrated_units(
             for group in round_groups:
                 for name in group:
                     yield name, block_units[name], stats[name]
-        outputs = _run_block(block, inputs)
+        outputs = run_block(block, inputs)
         for out in outputs:
             if not torch.isfinite(out).all():
                 raise PqorderError(f"NaN/Inf in the outputs of block {prefix[:-1]} during {label}")

@@ -1,10 +1,10 @@
 """Content-addressed cache of compressed prefixes on disk.
 
-A prefix (the model after its first k steps) is stored as the unit weights, the composition
-state and the step records, under a hash of what determines it: the model, the step texts,
-the engine options, and the calibration set when a calibrated step is among them. Loading a
-prefix and applying one more step gives bit-identical weights to a fresh run on CPU. The
-cache is capped in size; the least recently used prefixes are evicted first.
+A prefix (the model after its first k steps) is stored as all model weights, the composition
+state (model-level transforms included) and the step records, under a hash of what determines
+it: the model, the step texts, the engine options, and the calibration set when a calibrated
+step is among them. Loading a prefix and applying one more step gives bit-identical weights to
+a fresh run on CPU. The cache is capped in size; the least recently used prefixes are evicted first.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from pqorder.engine import StepRecord
-from pqorder.models.adapter import compressible_units, get_weight, set_weight
 from pqorder.models.loading import LoadedModel
-from pqorder.models.vision import load_norm_buffers, norm_buffers
 from pqorder.paths import cache_dir
+from pqorder.snapshot import load_weights, model_weights
 from pqorder.state import CompressionState
 
+WEIGHTS = "model.safetensors"  # every parameter (older entries held unit weights only)
 DEFAULT_MAX_GB = float(os.environ.get("PQORDER_PREFIX_CACHE_GB", "8"))
 
 
@@ -40,16 +40,14 @@ class PrefixCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def has(self, key: str) -> bool:
-        return (self.root / key / "records.json").exists()
+        folder = self.root / key
+        return (folder / "records.json").exists() and (folder / WEIGHTS).exists()
 
     def load(self, key: str, lm: LoadedModel) -> list[StepRecord]:
-        """Put the cached prefix into ``lm`` (weights and constraints); return its records."""
+        """Put the cached prefix into ``lm`` (structure, weights, constraints); return records."""
         folder = self.root / key
-        weights = load_file(str(folder / "weights.safetensors"))
-        for name, module in compressible_units(lm.model).items():
-            set_weight(module, weights[name])
-        load_norm_buffers(lm.model, {k[6:]: v for k, v in weights.items() if k[:6] == "norms:"})
-        lm.state = CompressionState.load(folder / "state.safetensors")
+        state = CompressionState.load(folder / "state.safetensors")
+        load_weights(lm, state, load_file(str(folder / WEIGHTS)))
         os.utime(folder)  # recently used
         return [StepRecord(**r) for r in json.loads((folder / "records.json").read_text())]
 
@@ -57,11 +55,10 @@ class PrefixCache:
         """Write atomically (temp dir, then rename), then evict down to the size cap."""
         if self.has(key):
             return
+        shutil.rmtree(self.root / key, ignore_errors=True)  # an entry of an older format
         tmp = Path(tempfile.mkdtemp(prefix=".prefix-", dir=self.root))
         try:
-            weights = {n: get_weight(m) for n, m in compressible_units(lm.model).items()}
-            weights |= {f"norms:{k}": v for k, v in norm_buffers(lm.model).items()}
-            save_file(weights, str(tmp / "weights.safetensors"))
+            save_file(model_weights(lm), str(tmp / WEIGHTS))
             lm.state.save(tmp / "state.safetensors")
             (tmp / "records.json").write_text(json.dumps([r.to_dict() for r in records]))
             tmp.rename(self.root / key)

@@ -1,4 +1,10 @@
-"""In-memory snapshots of unit weights and constraints, to rerun orders from a shared prefix."""
+"""In-memory snapshots of a model's weights and composition state, to rerun orders.
+
+A snapshot holds every parameter (model-level steps touch embeddings, norms and the head, not
+only the compressible units) and the state; restoring sets the state, rebuilds the structure
+from it (``transforms.sync``: removed blocks come back, hooks are reinstalled), then loads the
+weights.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,33 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from pqorder.models.adapter import compressible_units, get_weight, set_weight
 from pqorder.models.loading import LoadedModel
-from pqorder.models.vision import load_norm_buffers, norm_buffers
 from pqorder.state import CompressionState
+from pqorder.transforms import sync
 
 
 @dataclass
 class Snapshot:
     weights: dict[str, Tensor]
     state: CompressionState
-    norms: dict[str, Tensor]  # BatchNorm running statistics (steps may re-estimate them)
+
+
+def model_weights(lm: LoadedModel) -> dict[str, Tensor]:
+    """An independent copy of every parameter and persistent buffer (tied ones copied apart)."""
+    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+
+
+def load_weights(lm: LoadedModel, state: CompressionState, weights: dict[str, Tensor]) -> None:
+    """Put ``lm`` in ``state`` (structure and hooks) holding ``weights``."""
+    lm.state = copy.deepcopy(state)
+    sync(lm)
+    lm.model.load_state_dict(weights, strict=True)
 
 
 def take_snapshot(lm: LoadedModel) -> Snapshot:
-    """Copy every compressible unit's weight, BatchNorm statistics and the composition state."""
-    weights = {name: get_weight(m) for name, m in compressible_units(lm.model).items()}
-    return Snapshot(weights, copy.deepcopy(lm.state), norm_buffers(lm.model))
+    return Snapshot(model_weights(lm), copy.deepcopy(lm.state))
 
 
 def restore_snapshot(lm: LoadedModel, snap: Snapshot) -> None:
     """Put ``lm`` back exactly where the snapshot was taken."""
-    for name, module in compressible_units(lm.model).items():
-        set_weight(module, snap.weights[name])
-    load_norm_buffers(lm.model, snap.norms)
-    lm.state = copy.deepcopy(snap.state)
+    load_weights(lm, snap.state, snap.weights)

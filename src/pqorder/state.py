@@ -1,17 +1,22 @@
 """Composition state: the constraints earlier steps established, one home per unit.
 
 Every step reads the constraint of a unit, compresses within it and writes back the
-tighter constraint. ``UnitConstraint.project`` is the single projection function: it puts a
-weight matrix back on the unit's grid and zeroes its pruned entries, so any order of steps
-yields a model that satisfies all of them. Masks are stored, never re-inferred from zeros.
+tighter constraint. Model-level steps record what they did to the whole model in
+``ModelTransforms`` (removed blocks, the rotation, activation/KV quantization); the module tree
+and forward hooks are rebuilt from it by ``pqorder.transforms.sync``.
+``UnitConstraint.project`` is the single projection function: it puts a weight matrix back
+on the unit's grid and zeroes its pruned entries, so any order of steps yields a model that
+satisfies all of them. Masks are stored, never re-inferred from zeros.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -43,11 +48,54 @@ class UnitConstraint:
         return 0.0 if self.mask is None else 1.0 - self.mask.float().mean().item()
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """A residual-stream rotation fused into the weights (QuaRot)."""
+
+    kind: str  # "hadamard" or "orthogonal"
+    seed: int
+    online: bool  # online Hadamard on the MLP down-projection input and on queries/keys
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """Fake quantization in the forward pass: per-token inputs of every unit, per-head K/V."""
+
+    bits: int | None  # activations entering every compressible unit; None = full precision
+    clip: float
+    kv_bits: int | None  # keys and values where attention reads them
+    kv_clip: float
+
+
+@dataclass
+class ModelTransforms:
+    """What model-level steps changed: blocks removed (original indices), rotation, fake quant."""
+
+    n_blocks: int | None = None  # block count of the model before any removal
+    removed_blocks: list[int] = field(default_factory=list)
+    rotation: Rotation | None = None
+    activations: ActivationQuant | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelTransforms:
+        raw = json.loads(text)
+        rot, act = raw.pop("rotation"), raw.pop("activations")
+        return cls(
+            **raw,
+            rotation=Rotation(**rot) if rot else None,
+            activations=ActivationQuant(**act) if act else None,
+        )
+
+
 @dataclass
 class CompressionState:
-    """Constraints of every unit touched so far, keyed by module name."""
+    """Constraints of every unit touched so far (keyed by module name) and model transforms."""
 
     units: dict[str, UnitConstraint] = field(default_factory=dict)
+    model: ModelTransforms = field(default_factory=ModelTransforms)
 
     def get(self, name: str) -> UnitConstraint:
         return self.units.get(name, UnitConstraint())
@@ -62,14 +110,18 @@ class CompressionState:
                 tensors[f"{name}.mask"] = c.mask.to(torch.uint8).contiguous()
             if c.grid is not None:
                 tensors.update(c.grid.to_tensors(f"{name}.grid"))
-        save_file(tensors, str(path))
+        save_file(tensors, str(path), metadata={"model": self.model.to_json()})
 
     @classmethod
     def load(cls, path: Path) -> CompressionState:
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
         names = {k.rsplit(".mask", 1)[0] for k in tensors if k.endswith(".mask")}
         names |= {k.rsplit(".grid.", 1)[0] for k in tensors if ".grid." in k}
         state = cls()
+        if "model" in meta:
+            state.model = ModelTransforms.from_json(meta["model"])
         for name in names:
             mask = tensors.get(f"{name}.mask")
             grid = (

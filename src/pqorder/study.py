@@ -18,7 +18,7 @@ from torch import Tensor
 
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.engine import StepRecord, apply_step, check_pipeline
-from pqorder.errors import PqorderError
+from pqorder.errors import OrderError, PqorderError
 from pqorder.eval import Evaluator, metric_of, protocol_dict
 from pqorder.models.loading import LoadedModel
 from pqorder.pipeline import Pipeline, Step
@@ -91,16 +91,20 @@ class Study:
             self.spend.stored_hits += 1
             return run
         start = time.perf_counter()
-        check_pipeline(self.lm, Pipeline(steps))
         value, error = None, None
         try:
-            self._materialize(steps)
-            value = self.protocol.score(self.lm)
-            if not math.isfinite(value):
-                error = f"{self.protocol.name} is {value}"
-        except PqorderError as exc:
-            error = str(exc)
-            self._position = None  # the model is in an unknown state: restart from dense
+            self.check(steps)  # bad settings raise; an infeasible order becomes a failed run
+        except OrderError as exc:
+            error = f"infeasible order: {exc}"
+        if error is None:
+            try:
+                self._materialize(steps)
+                value = self.protocol.score(self.lm)
+                if not math.isfinite(value):
+                    error = f"{self.protocol.name} is {value}"
+            except PqorderError as exc:
+                error = str(exc)
+                self._position = None  # the model is in an unknown state: restart from dense
         run = Run(
             key=key,
             study=self.name,
@@ -137,9 +141,14 @@ class Study:
 
     def materialize(self, steps: Sequence[Step]) -> None:
         """Make the model hold ``steps`` applied to the dense model (reusing prefixes)."""
-        steps = tuple(steps)
-        check_pipeline(self.lm, Pipeline(steps))
-        self._materialize(steps)
+        self.check(steps)
+        self._materialize(tuple(steps))
+
+    def check(self, steps: Sequence[Step]) -> None:
+        """Raise before any work if ``steps`` cannot be applied to the study's dense model."""
+        lm = self.lm
+        dense = LoadedModel(lm.name, lm.model, lm.tokenizer, self._dense.state, lm.runtime, lm.kind)
+        check_pipeline(dense, Pipeline(tuple(steps)))
 
     def _materialize(self, steps: tuple[Step, ...]) -> None:
         """Make the model hold exactly ``steps`` applied to the dense model."""

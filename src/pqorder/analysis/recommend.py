@@ -98,8 +98,14 @@ def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -
                     f"interference expected: {p.label()} prunes at {p.method.granularity} "
                     f"granularity inside {q.label()}'s {q.method.granularity} scales"
                 )
-    if any(s.method.family == "rotate" for s in steps) and prunes:
-        out.append("rotation-based quantization makes later pruning much worse: prune first")
+    rotations = [s for s in steps if s.method.rotates]
+    if rotations and prunes:
+        out.append(
+            f"{rotations[0].label()} rotates the weights: pruning after it is much worse (the "
+            f"paper: 40% SparseGPT on LLaMA-3-8B goes from 8.48 to 98.2 perplexity) and pruning "
+            f"before it is refused (the rotation would make the zeros dense). Measure it with "
+            f"`pqorder study rotation`; block removal (sleb) is barely affected"
+        )
     return out
 
 

@@ -11,18 +11,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
 from torch import Tensor, nn
 
+from pqorder.fakequant import fake_quant
 from pqorder.models.adapter import compressible_units
 
 
 def fake_quantize(x: Tensor, bits: int) -> Tensor:
-    """``x`` rounded onto a per-tensor asymmetric grid of 2^bits levels containing 0."""
-    lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
-    scale = (hi - lo).clamp(min=1e-12) / (2**bits - 1)
-    zero = torch.round(-lo / scale)
-    return (torch.clamp(torch.round(x / scale) + zero, 0, 2**bits - 1) - zero) * scale
+    """``x`` rounded onto one per-tensor asymmetric grid of 2^bits levels containing 0."""
+    return fake_quant(x.reshape(1, -1), bits, sym=False).view_as(x)
 
 
 @contextlib.contextmanager

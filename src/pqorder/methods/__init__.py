@@ -1,11 +1,16 @@
 """Compression methods and their registry (importing this package registers them all)."""
 
 from pqorder.methods import (  # noqa: F401  (registration)
+    actquant,
     filters,
     gptq,
     magnitude,
+    quarot,
+    rotation,
     rtn,
+    sleb,
     sparsegpt,
+    structured,
     wanda,
 )
 from pqorder.methods.base import REGISTRY, Method, MethodConfig, get_method, register

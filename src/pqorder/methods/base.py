@@ -1,13 +1,18 @@
-"""What every compression method is: a typed config, a family, a granularity, a unit step.
+"""What every compression method is: a typed config, a family, a granularity, an apply.
 
-A method sees one unit (a Linear weight as (out, in)) plus that unit's constraint from the
-composition state and returns the new weight and the tighter constraint; the walk over units
-lives once, in ``pqorder.engine``.
+Most methods are ``UnitMethod``s: they see one unit (a Linear weight as (out, in)) plus that
+unit's constraint from the composition state and return the new weight and the tighter
+constraint; the walk over units lives once, in ``pqorder.engine``. ``ModelMethod``s change the
+model as a whole (rotation, block removal, coupled head/channel pruning): they still write every
+unit they touch through the composition state, and record model-level changes in
+``state.model`` so later steps and snapshots honour them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -17,7 +22,7 @@ from pqorder.errors import ConfigError
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
-Family = Literal["prune", "quantize"]
+Family = Literal["prune", "quantize", "rotate"]
 
 
 class MethodConfig(BaseModel):
@@ -28,7 +33,7 @@ class MethodConfig(BaseModel):
 
 
 class Method(ABC):
-    """One compression method; subclasses register with ``@register``."""
+    """One compression method; concrete classes register with ``@register``."""
 
     name: ClassVar[str]
     family: ClassVar[Family]
@@ -36,6 +41,8 @@ class Method(ABC):
     granularities: ClassVar[str]  # the units it can act on, for `pqorder methods`
     Config: ClassVar[type[MethodConfig]]
     needs_calibration: ClassVar[bool] = False  # the engine passes UnitStats when True
+    constrains_weights: ClassVar[bool] = True  # leaves sparsity masks or grids on its units
+    rotates: ClassVar[bool] = False  # rotates the weights (destroys earlier masks and grids)
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -48,7 +55,17 @@ class Method(ABC):
     def check_unit(self, name: str, shape: tuple[int, int]) -> None:  # noqa: B027
         """Raise ConfigError if the method cannot handle this unit (called before any work)."""
 
-    def finish(self, lm: Any, calibration: Tensor | None) -> None:  # noqa: B027
+    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:  # noqa: B027
+        """Raise ConfigError if this step cannot follow ``earlier`` steps on ``lm`` (before work).
+
+        ``lm.state`` is the state before the pipeline's first step.
+        """
+
+
+class UnitMethod(Method):
+    """A method that compresses each unit on its own (the engine walks the units)."""
+
+    def finish(self, lm: Any, calibration: Tensor | None) -> None:
         """Model-level work once every unit is compressed (default: none)."""
 
     @abstractmethod
@@ -59,6 +76,24 @@ class Method(ABC):
 
         ``stats`` holds the unit's calibration statistics when ``needs_calibration``, else None.
         """
+
+
+@dataclass
+class ModelOutcome:
+    """What a model-level step touched (unit names) and what it wants recorded."""
+
+    touched: list[str]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelMethod(Method):
+    """A method that transforms the whole model at once."""
+
+    @abstractmethod
+    def apply(
+        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
+    ) -> ModelOutcome:
+        """Change ``lm`` in place, keeping ``lm.state`` true; ``calibration`` as for units."""
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -9,7 +9,7 @@ from pydantic import field_validator, model_validator
 from torch import Tensor
 
 from pqorder.errors import ConfigError
-from pqorder.methods.base import Method, MethodConfig
+from pqorder.methods.base import MethodConfig, UnitMethod
 from pqorder.methods.masks import nm_mask, parse_nm, unstructured_mask
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
@@ -43,7 +43,7 @@ class PruneConfig(MethodConfig):
         return self
 
 
-class Pruner(Method):
+class Pruner(UnitMethod):
     """Shared settings, granularity and unit checks of every unstructured/N:M pruner."""
 
     family = "prune"

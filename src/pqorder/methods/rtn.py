@@ -6,7 +6,7 @@ from pydantic import field_validator
 from torch import Tensor
 
 from pqorder.grid import fit_grid
-from pqorder.methods.base import Method, MethodConfig, register
+from pqorder.methods.base import MethodConfig, UnitMethod, register
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
@@ -35,7 +35,7 @@ class QuantConfig(MethodConfig):
 
 
 @register
-class RTN(Method):
+class RTN(UnitMethod):
     name = "rtn"
     family = "quantize"
     granularities = "output channel or group"

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -36,16 +37,12 @@ class LoadedModel:
     model: nn.Module
     tokenizer: object
     state: CompressionState = field(default_factory=CompressionState)
+    runtime: Any = field(default=None, repr=False)  # pqorder.transforms.Runtime, made on demand
     kind: Kind = "causal-lm"
 
     @property
     def caveat(self) -> str | None:
         return CAVEATS.get(self.name)
-
-
-def _state(folder: Path) -> CompressionState:
-    path = Path(folder) / STATE_FILE
-    return CompressionState.load(path) if path.exists() else CompressionState()
 
 
 def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") -> LoadedModel:
@@ -55,8 +52,18 @@ def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") ->
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = auto.from_pretrained(source, dtype=torch.float32)
     model.eval()
-    state = _state(Path(source)) if Path(source).is_dir() else CompressionState()
-    return LoadedModel(name, model, tokenizer, state, kind)
+    return _with_state(LoadedModel(name, model, tokenizer, kind=kind), Path(source))
+
+
+def _with_state(lm: LoadedModel, folder: Path) -> LoadedModel:
+    """Reload a saved composition state and its forward-pass transforms, if there is one."""
+    path = folder / STATE_FILE
+    if path.exists():
+        from pqorder.transforms import sync  # the saved forward-pass transforms come back
+
+        lm.state = CompressionState.load(path)
+        sync(lm)
+    return lm
 
 
 def _vision_dir(path: Path) -> LoadedModel:
@@ -67,7 +74,7 @@ def _vision_dir(path: Path) -> LoadedModel:
     model.arch = arch
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     model.eval()
-    return LoadedModel(str(path), model, None, _state(path), "vision")
+    return _with_state(LoadedModel(str(path), model, None, kind="vision"), path)
 
 
 def model_kind(spec: str) -> Kind:

@@ -270,20 +270,3 @@ def reestimate_batchnorm(model: nn.Module, images: Tensor, batch_size: int = 64)
         for bn, momentum in zip(norms, saved, strict=True):
             bn.momentum = momentum
             bn.eval()
-
-
-def norm_buffers(model: nn.Module) -> dict[str, Tensor]:
-    """Copies of every BatchNorm buffer (running statistics), by full buffer name."""
-    return {
-        f"{name}.{key}": buf.detach().clone()
-        for name, bn in batchnorms(model).items()
-        for key, buf in bn.named_buffers()
-    }
-
-
-@torch.no_grad()
-def load_norm_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
-    """Put BatchNorm buffers saved by ``norm_buffers`` back."""
-    for name, bn in batchnorms(model).items():
-        for key, buf in bn.named_buffers():
-            buf.copy_(buffers[f"{name}.{key}"])

@@ -1,0 +1,143 @@
+"""Structured pruning of attention heads and MLP channels (LLaMA family), masks kept in state.
+
+A pruned query head has its q_proj rows and o_proj columns zeroed (the o_proj columns are what
+remove its contribution); a pruned MLP channel j has row j of gate_proj and up_proj zeroed
+(SiLU(0)·0 = 0) and column j of down_proj when the down-projection input is not rotated online.
+Shapes are kept: the zeros are masks in the composition state, so they survive later steps and
+can be sliced out at export. Each layer prunes ``round(ratio × groups)`` of its heads/channels.
+
+Scores per group: ``magnitude`` = L2 norm of all the group's weights; ``activation`` = the
+Wanda score summed over the group, ‖x_j‖₂·Σ_i|W_ij| over the output projection's columns of the
+group (calibration needed). After a rotation with online Hadamard the down-projection input
+is rotated; scores are taken back in channel space through the known rotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import field_validator
+from torch import Tensor, nn
+
+from pqorder.layerwise import calibrated_units
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight, set_weight
+from pqorder.models.llama import check_llama_family, head_dim
+from pqorder.state import UnitConstraint
+from pqorder.stats import UnitStats
+from pqorder.transforms import online_rotation
+
+
+class StructuredConfig(MethodConfig):
+    """``target`` heads|channels, ``ratio`` of them per layer, ``score`` magnitude|activation."""
+
+    target: Literal["heads", "channels"] = "channels"
+    ratio: float = 0.25
+    score: Literal["magnitude", "activation"] = "magnitude"
+    always_show = ("target", "ratio")
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"ratio must be in [0, 1), got {v}")
+        return v
+
+
+def _zero(lm: Any, name: str, module: nn.Module, rows: Tensor | None, cols: Tensor | None) -> None:
+    """Mask ``rows``/``cols`` of a unit on top of its constraint, then project the weight."""
+    w = get_weight(module)
+    old = lm.state.get(name)
+    mask = old.kept(w).clone()
+    if rows is not None:
+        mask[rows] = False
+    if cols is not None:
+        mask[:, cols] = False
+    new = UnitConstraint(mask=mask, grid=old.grid)
+    set_weight(module, new.project(w))
+    lm.state.set(name, new)
+
+
+@register
+class Structured(ModelMethod):
+    name = "structured"
+    family = "prune"
+    granularities = "attention head, MLP channel"
+    summary = "zero whole attention heads or MLP channels by magnitude or activation-aware score"
+    Config = StructuredConfig
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.config.score == "activation"
+
+    @property
+    def granularity(self) -> str:
+        return "attention head" if self.config.target == "heads" else "MLP channel"
+
+    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+        check_llama_family(lm.model, "structured pruning")
+
+    def _blocks(
+        self, lm: Any, calibration: Tensor | None, progress: bool
+    ) -> Iterator[tuple[str, nn.Module, UnitStats | None]]:
+        """(block prefix, block, stats of its output projection's input or None)."""
+        path, blocks = decoder_blocks(lm.model)
+        lead = "self_attn.o_proj" if self.config.target == "heads" else "mlp.down_proj"
+        if not self.needs_calibration:
+            for i, block in enumerate(blocks):
+                yield f"{path}.{i}", block, None
+            return
+        units = {f"{path}.{i}.{lead}": b.get_submodule(lead) for i, b in enumerate(blocks)}
+        walk = calibrated_units(lm.model, units, calibration, progress=progress, label=self.name)
+        for (name, _module, stats), block in zip(walk, blocks, strict=True):
+            yield name.removesuffix(f".{lead}"), block, stats
+
+    def _prune(self, scores: Tensor) -> Tensor:
+        k = round(self.config.ratio * scores.numel())
+        return torch.argsort(scores)[:k]
+
+    def apply(
+        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
+    ) -> ModelOutcome:
+        rotation = lm.state.model.rotation
+        hd = head_dim(lm.model.config)
+        touched = []
+        for prefix, block, stats in self._blocks(lm, calibration, progress):
+            norms = None if stats is None else stats.hessian
+            if self.config.target == "heads":
+                attn = block.self_attn
+                wq, wo = get_weight(attn.q_proj), get_weight(attn.o_proj)
+                if norms is None:
+                    per = (wq**2).sum(1).view(-1, hd).sum(1) + (wo**2).sum(0).view(-1, hd).sum(1)
+                else:
+                    x = torch.sqrt(torch.diagonal(norms).clamp(min=0))
+                    per = (x * wo.abs().sum(0)).view(-1, hd).sum(1)
+                heads = self._prune(per)
+                dims = (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+                _zero(lm, f"{prefix}.self_attn.q_proj", attn.q_proj, dims, None)
+                _zero(lm, f"{prefix}.self_attn.o_proj", attn.o_proj, None, dims)
+                touched += [f"{prefix}.self_attn.q_proj", f"{prefix}.self_attn.o_proj"]
+                continue
+            mlp = block.mlp
+            wd = get_weight(mlp.down_proj)
+            online = rotation is not None and rotation.online
+            h = online_rotation(wd.shape[1], rotation.kind, rotation.seed) if online else None
+            if h is not None:
+                wd = wd @ h.t()  # back to channel space
+                norms = None if norms is None else h @ norms @ h.t()
+            if norms is None:
+                wg, wu = get_weight(mlp.gate_proj), get_weight(mlp.up_proj)
+                per = (wg**2).sum(1) + (wu**2).sum(1) + (wd**2).sum(0)
+            else:
+                per = torch.sqrt(torch.diagonal(norms).clamp(min=0)) * wd.abs().sum(0)
+            channels = self._prune(per)
+            for part in ("gate_proj", "up_proj"):
+                _zero(lm, f"{prefix}.mlp.{part}", getattr(mlp, part), channels, None)
+                touched.append(f"{prefix}.mlp.{part}")
+            if h is None:
+                _zero(lm, f"{prefix}.mlp.down_proj", mlp.down_proj, None, channels)
+                touched.append(f"{prefix}.mlp.down_proj")
+        units = compressible_units(lm.model)
+        return ModelOutcome([n for n in touched if n in units])

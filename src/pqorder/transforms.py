@@ -1,0 +1,178 @@
+"""Model-level composition state made real: blocks, tied weights and forward hooks follow it.
+
+``lm.state.model`` (``ModelTransforms``) says which blocks are removed, whether the residual
+stream is rotated, and what the forward pass fake-quantizes. ``sync`` rebuilds the module tree
+and hooks from it, from any starting point, so restoring a snapshot or a cached prefix is
+"set the state, sync, load the weights". Nothing else installs hooks or edits the block list.
+
+Forward-pass transforms (they cannot be fused into weights):
+- online Hadamard on the MLP down-projection input (its weight holds the inverse);
+- on queries and keys after RoPE (attention scores are unchanged), so the K cache is rotated;
+- fake quantization of every unit's input per token, and of K/V per token and head where
+  attention reads them (equivalent to a quantized KV cache for evaluation).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from pqorder.errors import PqorderError
+from pqorder.fakequant import fake_quant
+from pqorder.hadamard import random_rotation
+from pqorder.models.adapter import compressible_units, decoder_blocks, in_features
+from pqorder.models.llama import head_dim
+from pqorder.state import ActivationQuant, Rotation
+
+ATTENTION = "pqorder"
+
+
+@dataclass
+class AttentionTransform:
+    """Per-attention-module settings read by the ``pqorder`` attention function."""
+
+    rotation: Tensor | None  # (head_dim, head_dim) applied to queries and keys
+    quant: ActivationQuant | None
+
+
+@dataclass
+class Runtime:
+    """What ``sync`` needs to rebuild any structure: the full block list and original wiring."""
+
+    path: str
+    blocks: list[nn.Module | None]  # by original index; None = removed before loading
+    tied: bool
+    attention: str
+    layer_types: list[str] | None
+    handles: list[Any] = field(default_factory=list)
+
+
+def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, *args, **kwargs):
+    transform: AttentionTransform | None = getattr(module, "pqorder_attention", None)
+    if transform is not None:
+        if transform.rotation is not None:
+            r = transform.rotation.to(query.dtype)
+            query, key = query @ r, key @ r
+        q = transform.quant
+        if q is not None and q.kv_bits is not None:
+            key = fake_quant(key, q.kv_bits, q.kv_clip, sym=False)
+            value = fake_quant(value, q.kv_bits, q.kv_clip, sym=False)
+    return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+
+AttentionInterface.register(ATTENTION, _attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+@functools.lru_cache(maxsize=16)
+def online_rotation(n: int, kind: str, seed: int) -> Tensor:
+    """The (n, n) float32 orthogonal matrix of an online rotation (same one fused and online)."""
+    return random_rotation(n, seed + n, kind).float()
+
+
+def runtime(lm: Any) -> Runtime:
+    """The model's Runtime, created on first use from the model as loaded."""
+    if lm.runtime is None:
+        model = lm.model
+        path, blocks = decoder_blocks(model)
+        transforms = lm.state.model
+        full: list[nn.Module | None] = list(blocks)
+        if transforms.n_blocks is not None and transforms.n_blocks != len(full):
+            kept = iter(full)
+            full = [
+                None if i in transforms.removed_blocks else next(kept)
+                for i in range(transforms.n_blocks)
+            ]
+        config = getattr(model, "config", None)  # None for plain torch models (vision)
+        out = model.get_output_embeddings() if config is not None else None
+        lm.runtime = Runtime(
+            path=path,
+            blocks=full,
+            tied=out is not None and out.weight is model.get_input_embeddings().weight,
+            attention=getattr(config, "_attn_implementation", None),
+            layer_types=getattr(config, "layer_types", None),
+        )
+    return lm.runtime
+
+
+def _set_blocks(lm: Any, rt: Runtime, removed: list[int]) -> None:
+    blocks = [b for i, b in enumerate(rt.blocks) if i not in removed]
+    parent_path, _, attr = rt.path.rpartition(".")
+    parent = lm.model.get_submodule(parent_path) if parent_path else lm.model
+    current = list(getattr(parent, attr))
+    if len(current) == len(blocks) and all(a is b for a, b in zip(current, blocks, strict=True)):
+        return  # already this structure
+    if any(b is None for b in blocks):
+        raise PqorderError("this checkpoint was saved without some blocks; they cannot return")
+    setattr(parent, attr, nn.ModuleList(blocks))
+    config = lm.model.config
+    config.num_hidden_layers = len(blocks)
+    if rt.layer_types is not None and len(rt.layer_types) == len(rt.blocks):
+        config.layer_types = [t for i, t in enumerate(rt.layer_types) if i not in removed]
+    for index, block in enumerate(blocks):
+        attn = getattr(block, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = index  # KV caches index layers by position
+
+
+def _set_tied(lm: Any, rt: Runtime, untie: bool) -> None:
+    """A rotated model needs its own lm_head (it absorbs the final norm)."""
+    if not rt.tied:  # also every plain torch model (no embeddings to tie)
+        return
+    model = lm.model
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if untie and out.weight is emb.weight:
+        out.weight = nn.Parameter(emb.weight.detach().clone())
+    elif not untie and out.weight is not emb.weight:
+        out.weight = emb.weight
+    model.config.tie_word_embeddings = not untie
+
+
+def _pre_hook(fn: Any) -> Any:
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        return (fn(args[0]), *args[1:])
+
+    return hook
+
+
+def _install_hooks(lm: Any, rt: Runtime, rotation: Rotation | None, act: ActivationQuant | None):
+    model = lm.model
+    _, blocks = decoder_blocks(model)
+    online = rotation is not None and rotation.online
+    for block in blocks:
+        attn = getattr(block, "self_attn", None)
+        if attn is not None:
+            r = None
+            if online:
+                r = online_rotation(head_dim(model.config), rotation.kind, rotation.seed)
+            needed = r is not None or (act is not None and act.kv_bits is not None)
+            attn.pqorder_attention = AttentionTransform(r, act) if needed else None
+        if online:
+            down = block.mlp.down_proj
+            h = online_rotation(in_features(down), rotation.kind, rotation.seed)
+            rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h)))
+    if act is not None and act.bits is not None:
+        for unit in compressible_units(model).values():
+            quant = functools.partial(fake_quant, bits=act.bits, clip=act.clip, sym=True)
+            rt.handles.append(unit.register_forward_pre_hook(_pre_hook(quant)))
+    uses = any(getattr(getattr(b, "self_attn", None), "pqorder_attention", None) for b in blocks)
+    if rt.attention is not None:
+        model.config._attn_implementation = ATTENTION if uses else rt.attention
+
+
+def sync(lm: Any) -> None:
+    """Make ``lm.model``'s blocks, tied weights and hooks match ``lm.state.model``."""
+    rt = runtime(lm)
+    for handle in rt.handles:
+        handle.remove()
+    rt.handles.clear()
+    transforms = lm.state.model
+    _set_blocks(lm, rt, transforms.removed_blocks)
+    _set_tied(lm, rt, untie=transforms.rotation is not None)
+    _install_hooks(lm, rt, transforms.rotation, transforms.activations)
