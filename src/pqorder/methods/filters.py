@@ -16,7 +16,7 @@ import torch
 from pydantic import field_validator
 from torch import Tensor
 
-from pqorder.methods.base import Method, MethodConfig, register
+from pqorder.methods.base import MethodConfig, UnitMethod, register
 from pqorder.methods.masks import prune_lowest
 from pqorder.models.vision import reestimate_batchnorm
 from pqorder.state import UnitConstraint
@@ -46,7 +46,7 @@ def filter_mask(w: Tensor, kept: Tensor, ratio: float) -> Tensor:
 
 
 @register
-class Filters(Method):
+class Filters(UnitMethod):
     name = "filters"
     family = "prune"
     granularities = "output channel (filter)"
