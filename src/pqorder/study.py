@@ -20,6 +20,7 @@ from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.engine import StepRecord, apply_step, check_pipeline
 from pqorder.errors import OrderError, PqorderError
 from pqorder.eval import Evaluator, metric_of, protocol_dict
+from pqorder.models.adapter import weight_matrix
 from pqorder.models.loading import LoadedModel
 from pqorder.pipeline import Pipeline, Step
 from pqorder.prefix_cache import PrefixCache, content_key
@@ -137,7 +138,9 @@ class Study:
         return self.calibration_tokens() if step.method.needs_calibration else None
 
     def dense_weight(self, name: str) -> Tensor:
-        return self._dense.weights[name]
+        """The dense (out, in) weight of a unit (snapshots hold the module layout)."""
+        module = self.lm.model.get_submodule(name)
+        return weight_matrix(module, self._dense.weights[f"{name}.weight"])
 
     def materialize(self, steps: Sequence[Step]) -> None:
         """Make the model hold ``steps`` applied to the dense model (reusing prefixes)."""

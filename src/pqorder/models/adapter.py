@@ -100,7 +100,11 @@ def in_features(module: nn.Module) -> int:
 
 def get_weight(module: nn.Module) -> Tensor:
     """A float32 copy of the unit's weight as (out_features, in_features)."""
-    w = module.weight.detach()
+    return weight_matrix(module, module.weight.detach())
+
+
+def weight_matrix(module: nn.Module, w: Tensor) -> Tensor:
+    """A float32 copy of ``w``, stored in ``module``'s layout, as (out_features, in_features)."""
     if isinstance(module, nn.Conv2d):
         w = w.reshape(w.shape[0], -1)  # (out, C·kh·kw), unfold's column order
     elif not isinstance(module, nn.Linear):
