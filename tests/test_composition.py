@@ -83,5 +83,6 @@ def test_two_orders_give_different_models(smol, dense_snapshot):
 def test_unsupported_unit_rejected_before_any_work(smol, dense_snapshot):
     with pytest.raises(ConfigError, match="does not divide"):
         run_pipeline(smol, parse_pipeline("magnitude:ratio=0.2 > magnitude:nm=3:7"), False)
-    assert all(torch.equal(w, dense_snapshot.weights[n]) for n, w in _units(smol).items())
+    dense = dense_snapshot.weights
+    assert all(torch.equal(w, dense[n]) for n, w in smol.model.state_dict().items())
     assert not smol.state.units

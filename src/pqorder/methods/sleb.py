@@ -35,7 +35,8 @@ from pqorder.state import UnitConstraint
 from pqorder.transforms import runtime, sync
 
 FINAL_NORMS = ("model.norm", "model.decoder.final_layer_norm", "transformer.ln_f")
-_ORDERS: dict[str, list[int]] = {}  # greedy removal orders (current positions), per model+data
+# greedy removal orders per model+data: (block removed, calibration perplexity after) per round
+_ORDERS: dict[str, list[tuple[int, float]]] = {}
 
 
 class SLEBConfig(MethodConfig):
@@ -126,27 +127,23 @@ def greedy_removal(
     model: nn.Module, tokens: Tensor, count: int, cfg: SLEBConfig, progress: bool
 ) -> tuple[list[int], list[float]]:
     """Blocks removed round by round (indices in the model as given), and the calibration
-    perplexity after each newly computed round."""
+    perplexity after each round."""
     key = _fingerprint(model, tokens, cfg)
-    known = _ORDERS.get(key, [])
-    if len(known) >= count:
-        return known[:count], []
-    scorer = _Scorer(model, tokens, cfg.batch_size)
-    original = list(range(len(scorer.blocks)))
-    for block in known:  # continue a shorter greedy run instead of repeating it
-        scorer.remove(original.index(block))
-        original.remove(block)
-    order, ppls = list(known), []
-    for _ in tqdm(range(count - len(known)), desc="sleb", disable=not progress, leave=False):
-        n = len(scorer.blocks)
-        candidates = range(cfg.keep_first, n - cfg.keep_last)
-        scores = {j: scorer.nll_without(j) for j in candidates}
-        best = min(scores, key=scores.get)
-        order.append(original.pop(best))
-        ppls.append(math.exp(scores[best]))
-        scorer.remove(best)
-    _ORDERS[key] = order
-    return order, ppls
+    rounds = list(_ORDERS.get(key, []))
+    if len(rounds) < count:
+        scorer = _Scorer(model, tokens, cfg.batch_size)
+        original = list(range(len(scorer.blocks)))
+        for block, _ in rounds:  # continue a shorter greedy run instead of repeating it
+            scorer.remove(original.index(block))
+            original.remove(block)
+        for _ in tqdm(range(count - len(rounds)), desc="sleb", disable=not progress, leave=False):
+            n = len(scorer.blocks)
+            scores = {j: scorer.nll_without(j) for j in range(cfg.keep_first, n - cfg.keep_last)}
+            best = min(scores, key=scores.get)
+            rounds.append((original.pop(best), math.exp(scores[best])))
+            scorer.remove(best)
+        _ORDERS[key] = rounds
+    return [b for b, _ in rounds[:count]], [p for _, p in rounds[:count]]
 
 
 @register
@@ -208,7 +205,5 @@ class SLEB(ModelMethod):
         t.n_blocks = n_original
         t.removed_blocks = sorted([*t.removed_blocks, *removed])
         sync(lm)
-        details: dict[str, Any] = {"removed_blocks": removed}
-        if ppls:
-            details["calibration_ppl"] = [round(p, 4) for p in ppls]
+        details = {"removed_blocks": removed, "calibration_ppl": [round(p, 4) for p in ppls]}
         return ModelOutcome([], details)
