@@ -13,9 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from torch import Tensor
 
 from pqorder.errors import ConfigError
@@ -23,6 +23,15 @@ from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
 Family = Literal["prune", "quantize", "rotate"]
+
+
+def _fraction(v: float) -> float:
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"ratio must lie in [0, 1), got {v}")
+    return v
+
+
+Fraction = Annotated[float, AfterValidator(_fraction)]  # a share of weights/filters/channels
 
 
 class MethodConfig(BaseModel):

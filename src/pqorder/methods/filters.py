@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import field_validator
 from torch import Tensor
 
-from pqorder.methods.base import MethodConfig, UnitMethod, register
+from pqorder.methods.base import Fraction, MethodConfig, UnitMethod, register
 from pqorder.methods.masks import prune_lowest
 from pqorder.models.vision import reestimate_batchnorm
 from pqorder.state import UnitConstraint
@@ -26,16 +25,9 @@ from pqorder.stats import UnitStats
 class FilterConfig(MethodConfig):
     """``ratio`` of output channels per layer; ``bn``: re-estimate BatchNorm statistics after."""
 
-    ratio: float = 0.1
+    ratio: Fraction = 0.1
     bn: bool = False
     always_show = ("ratio",)
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError(f"filter ratio must lie in [0, 1), got {v}")
-        return v
 
 
 def filter_mask(w: Tensor, kept: Tensor, ratio: float) -> Tensor:

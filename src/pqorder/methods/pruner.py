@@ -9,7 +9,7 @@ from pydantic import field_validator, model_validator
 from torch import Tensor
 
 from pqorder.errors import ConfigError
-from pqorder.methods.base import MethodConfig, UnitMethod
+from pqorder.methods.base import Fraction, MethodConfig, UnitMethod
 from pqorder.methods.masks import nm_mask, parse_nm, unstructured_mask
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
@@ -18,15 +18,8 @@ from pqorder.stats import UnitStats
 class PruneConfig(MethodConfig):
     """Unstructured ``ratio`` (final sparsity of each layer) or an ``nm`` pattern like 2:4."""
 
-    ratio: float | None = None
+    ratio: Fraction | None = None
     nm: str | None = None
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ValueError(f"sparsity ratio must lie in [0, 1), got {v}")
-        return v
 
     @field_validator("nm", mode="before")
     @classmethod

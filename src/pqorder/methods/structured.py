@@ -18,11 +18,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import field_validator
 from torch import Tensor, nn
 
 from pqorder.layerwise import calibrated_units
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.methods.base import Fraction, Method, MethodConfig, ModelMethod, ModelOutcome, register
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight, set_weight
 from pqorder.models.llama import check_llama_family, head_dim
 from pqorder.state import UnitConstraint
@@ -34,16 +33,9 @@ class StructuredConfig(MethodConfig):
     """``target`` heads|channels, ``ratio`` of them per layer, ``score`` magnitude|activation."""
 
     target: Literal["heads", "channels"] = "channels"
-    ratio: float = 0.25
+    ratio: Fraction = 0.25
     score: Literal["magnitude", "activation"] = "magnitude"
     always_show = ("target", "ratio")
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, v: float) -> float:
-        if not 0 <= v < 1:
-            raise ValueError(f"ratio must be in [0, 1), got {v}")
-        return v
 
 
 def _zero(lm: Any, name: str, module: nn.Module, rows: Tensor | None, cols: Tensor | None) -> None:
