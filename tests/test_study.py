@@ -147,6 +147,23 @@ def test_recommend_interference_and_report(study, tmp_path):
     assert (tmp_path / "report" / "report.html").exists()
 
 
+def test_interference_of_structured_pruning_and_refusal_of_unit_changing_steps(study):
+    pair = ("structured:target=channels,ratio=0.25", "rtn:bits=4,group=128")
+    (res,) = api.interference(study, [pair])
+    assert res.measured is not None and len(res.units) == 14
+    by_name = {u.unit.split(".", 3)[-1]: u for u in res.units if ".0." in u.unit}
+    assert by_name["self_attn.k_proj"].owner_changed == 0  # quantized only, in both orders
+    assert by_name["self_attn.k_proj"].error_p_then_q == pytest.approx(
+        by_name["self_attn.k_proj"].error_q_then_p
+    )
+    assert res.interference == pytest.approx(res.measured - res.predicted)
+    runs = len(study.store.query(study="t"))
+    for bad in ("sleb:blocks=1", "rotate"):
+        with pytest.raises(ConfigError, match="rotates or removes units"):
+            api.interference(study, [(bad, "rtn:bits=4")])
+    assert len(study.store.query(study="t")) == runs  # refused before any work
+
+
 def test_rotation_study_is_stored_and_reported(study, tmp_path):
     result = api.rotation_study(study, ["magnitude"], [0.3])
     (point,) = result.points

@@ -21,6 +21,7 @@ from pqorder.analysis.search import SearchResult, search_orders
 from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
 from pqorder.analysis.units import InterferenceResult, analyze_interference, dense_hessians
 from pqorder.data.calibration import CalibrationSpec
+from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.select import calibration_source, protocol_for
 from pqorder.models.loading import load_model
@@ -116,10 +117,16 @@ def interference(
     study: Study, pairs: Sequence[tuple[str | Step, str | Step]]
 ) -> list[InterferenceResult]:
     """Order-dependent units and interference Δ for each (pruning, quantization) pair."""
+    parsed = [_steps([p, q]) for p, q in pairs]
+    for step in (s for pair in parsed for s in pair):
+        if not step.method.keeps_units:
+            raise ConfigError(
+                f"interference compares each unit with the dense model; {step.method.name} "
+                "rotates or removes units, so it has no unit-by-unit interference"
+            )
     hessians = dense_hessians(study)
     results = []
-    for p, q in pairs:
-        prune, quant = _steps([p, q])
+    for prune, quant in parsed:
         result = analyze_interference(study, prune, quant, hessians)
         _save(study, "interference", result.to_dict())
         results.append(result)

@@ -52,6 +52,7 @@ class Method(ABC):
     needs_calibration: ClassVar[bool] = False  # the engine passes UnitStats when True
     constrains_weights: ClassVar[bool] = True  # leaves sparsity masks or grids on its units
     rotates: ClassVar[bool] = False  # rotates the weights (destroys earlier masks and grids)
+    keeps_units: ClassVar[bool] = True  # every unit keeps its name, shape and basis
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

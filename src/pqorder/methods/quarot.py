@@ -43,6 +43,7 @@ class QuaRot(ModelMethod):
     summary = "QuaRot(+GPTQ) presets: rotation, weight and activation/KV quantization in one step"
     Config = QuaRotConfig
     rotates = True
+    keeps_units = False
 
     def __init__(self, config: QuaRotConfig) -> None:
         super().__init__(config)

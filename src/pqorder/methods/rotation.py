@@ -129,6 +129,7 @@ class Rotate(ModelMethod):
     summary = "QuaRot: fold RMSNorm, fuse a randomized Hadamard rotation into every weight"
     Config = RotateConfig
     rotates = True
+    keeps_units = False
 
     @property
     def granularity(self) -> str:

@@ -155,6 +155,7 @@ class SLEB(ModelMethod):
     Config = SLEBConfig
     needs_calibration = True
     constrains_weights = False
+    keeps_units = False
 
     @property
     def granularity(self) -> str:
