@@ -24,8 +24,10 @@ from pqorder.models.loading import LoadedModel, load_model
 from pqorder.models.vision import ImageClassifier
 from pqorder.pipeline import parse_pipeline, parse_step, run_pipeline
 from pqorder.snapshot import restore_snapshot, take_snapshot
+from pqorder.state import ActivationQuant
 from pqorder.store import RunStore
 from pqorder.study import Study
+from pqorder.transforms import quantize_input
 
 DIGITS = AccuracyProtocol("digits:test")
 CALIB = CalibrationSpec("digits:train", 64, 512, 0)
@@ -199,21 +201,29 @@ def test_compressed_vision_model_saves_and_reloads(digits, tmp_path):
     assert torch.equal(again.state.get(name).mask, digits.state.get(name).mask)
 
 
-def test_activation_quantization_is_part_of_the_protocol(digits):
-    from pqorder.eval.activations import fake_quantize
-
-    x = torch.randn(1000)
-    q = fake_quantize(x, 4)
-    assert torch.unique(q).numel() <= 16 and (q - x).abs().max() < (x.max() - x.min()) / 15
+def test_activation_quantization_is_an_ordered_step(digits):
+    conv = nn.Conv2d(8, 4, 3)
+    x = torch.randn(2, 8, 5, 5)
+    per_pixel = quantize_input(x, conv, ActivationQuant(3, 1.0, None, 1.0, "token", True))
+    levels = per_pixel.movedim(1, -1).reshape(-1, 8)
+    assert all(torch.unique(row).numel() <= 8 for row in levels)  # one grid per pixel
+    assert torch.unique(per_pixel).numel() > 8
+    whole = quantize_input(x, conv, ActivationQuant(3, 1.0, None, 1.0, "tensor", False))
+    assert torch.unique(whole).numel() <= 8
     dense = DIGITS.score(digits)
-    a8, a2 = (
-        AccuracyProtocol("digits:test", act_bits=8),
-        AccuracyProtocol("digits:test", act_bits=2),
-    )
-    assert abs(a8.score(digits) - dense) < 0.02 and a2.score(digits) < dense - 0.05
-    assert DIGITS.score(digits) == dense  # the hooks are gone after scoring
-    with pytest.raises(ConfigError, match="activation bits"):
-        AccuracyProtocol(act_bits=1).validate()
+    snap = take_snapshot(digits)
+    scores = {}
+    for bits in (8, 2):
+        restore_snapshot(digits, snap)
+        run_pipeline(
+            digits, parse_pipeline(f"actquant:bits={bits},per=tensor,sym=false"), None, False
+        )
+        scores[bits] = DIGITS.score(digits)
+    assert abs(scores[8] - dense) < 0.02 and scores[2] < dense - 0.05
+    restore_snapshot(digits, snap)
+    assert DIGITS.score(digits) == dense  # the hooks are gone with the state
+    with pytest.raises(ConfigError, match="KV-cache quantization supports LLaMA-family"):
+        run_pipeline(digits, parse_pipeline("actquant:kv_bits=4"), None, False)
 
 
 def test_cli_compresses_a_vision_model_and_refuses_a_mismatched_dataset(tmp_path):

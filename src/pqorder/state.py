@@ -59,12 +59,14 @@ class Rotation:
 
 @dataclass(frozen=True)
 class ActivationQuant:
-    """Fake quantization in the forward pass: per-token inputs of every unit, per-head K/V."""
+    """Fake quantization in the forward pass: inputs of every unit, per-token/head K/V."""
 
     bits: int | None  # activations entering every compressible unit; None = full precision
     clip: float
     kv_bits: int | None  # keys and values where attention reads them
     kv_clip: float
+    per: str = "token"  # unit inputs: one range per token (a pixel for Conv2d) or per tensor
+    sym: bool = True  # unit inputs: symmetric, or asymmetric min-max (post-ReLU inputs)
 
 
 @dataclass

@@ -141,6 +141,16 @@ def _pre_hook(fn: Any) -> Any:
     return hook
 
 
+def quantize_input(x: Tensor, module: nn.Module, act: ActivationQuant) -> Tensor:
+    """A unit's input on the activation grid: one range per token (per pixel across the input
+    channels of a Conv2d) or one for the whole tensor."""
+    if act.per == "tensor":
+        return fake_quant(x.reshape(1, -1), act.bits, act.clip, act.sym).view_as(x)
+    if isinstance(module, nn.Conv2d):
+        return fake_quant(x.movedim(1, -1), act.bits, act.clip, act.sym).movedim(-1, 1)
+    return fake_quant(x, act.bits, act.clip, act.sym)
+
+
 def _install_hooks(lm: Any, rt: Runtime, rotation: Rotation | None, act: ActivationQuant | None):
     model = lm.model
     _, blocks = decoder_blocks(model)
@@ -159,7 +169,7 @@ def _install_hooks(lm: Any, rt: Runtime, rotation: Rotation | None, act: Activat
             rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h)))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():
-            quant = functools.partial(fake_quant, bits=act.bits, clip=act.clip, sym=True)
+            quant = functools.partial(quantize_input, module=unit, act=act)
             rt.handles.append(unit.register_forward_pre_hook(_pre_hook(quant)))
     uses = any(getattr(getattr(b, "self_attn", None), "pqorder_attention", None) for b in blocks)
     if rt.attention is not None:

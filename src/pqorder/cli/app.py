@@ -47,9 +47,6 @@ MaxSamplesOpt = Annotated[
     typer.Option(help="Vision: first N test images (0 = all); encoders: retrieval candidates."),
 ]
 TaskOpt = Annotated[str, typer.Option(help="Encoders: 'retrieval top-1' or 'fidelity'.")]
-ActBitsOpt = Annotated[
-    int, typer.Option(help="Vision: fake-quantize every unit's input to N bits (0 = off).")
-]
 SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
 MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
@@ -120,7 +117,6 @@ _GROUPS = {
         ("batch_size", BatchOpt, 4),
         ("max_samples", MaxSamplesOpt, 0),
         ("task", TaskOpt, "retrieval top-1"),
-        ("act_bits", ActBitsOpt, 0),
     ],
     "calibration": [
         ("calib", CalibOpt, ""),
@@ -187,7 +183,6 @@ def with_options(*groups: str):
                     raw["seqlen"],
                     raw["max_tokens"] or None,
                     raw["batch_size"],
-                    raw["act_bits"],
                 )
             if "calibration" in groups:
                 kwargs["calibration"] = calibration_spec(

@@ -2,8 +2,8 @@
 
 The first ``max_samples`` images of the dataset split in file order (all when None),
 batches of 500, eval mode (BatchNorm uses its running statistics, so the result does not
-depend on the batching). Fashion-MNIST's test split is the official 10,000 images. With
-``act_bits`` the inputs of every compressible unit are fake-quantized (``activations.py``).
+depend on the batching). Fashion-MNIST's test split is the official 10,000 images.
+Activation quantization is an ordered step (``actquant``), not part of the protocol.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import ClassVar
 
 from pqorder.data.images import load_images, parse_image_spec
 from pqorder.errors import ConfigError
-from pqorder.eval.activations import quantized_activations
 from pqorder.models.vision import ImageClassifier
 from pqorder.models.zoo import top1
 
@@ -22,7 +21,6 @@ from pqorder.models.zoo import top1
 class AccuracyProtocol:
     dataset: str = "fashion-mnist:test"
     max_samples: int | None = None
-    act_bits: int | None = None
     task: str = "top-1 accuracy"  # part of the run key: never mistaken for perplexity
 
     lower_is_better: ClassVar[bool] = False
@@ -35,8 +33,6 @@ class AccuracyProtocol:
         parse_image_spec(self.dataset)
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max_samples must be at least 1, got {self.max_samples}")
-        if self.act_bits is not None and not 2 <= self.act_bits <= 16:
-            raise ConfigError(f"activation bits must lie in 2..16, got {self.act_bits}")
 
     def prepare(self, lm: object) -> None:
         """Load the images and check they fit the model (before any work starts)."""
@@ -50,5 +46,4 @@ class AccuracyProtocol:
     def score(self, lm: object) -> float:
         data = load_images(self.dataset)
         n = self.max_samples or len(data.labels)
-        with quantized_activations(lm.model, self.act_bits):
-            return top1(lm.model, data.images[:n], data.labels[:n])
+        return top1(lm.model, data.images[:n], data.labels[:n])

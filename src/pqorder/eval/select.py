@@ -23,17 +23,14 @@ def protocol_for(
     seqlen: int = 512,
     max_tokens: int | None = 8192,
     batch_size: int = 4,
-    act_bits: int = 0,
 ) -> Evaluator:
     """A validated protocol; empty ``data`` means the kind's default dataset."""
     kind = model_kind(model)
-    if act_bits and kind != "vision":
-        raise ConfigError("--act-bits applies to vision models only")
     if kind == "vision":
         data = data or default_dataset(model)
         if data is None:
             raise ConfigError(f"{model} has no offline evaluation set: pass --data")
-        protocol = AccuracyProtocol(data, max_samples or None, act_bits or None)
+        protocol = AccuracyProtocol(data, max_samples or None)
     elif kind == "encoder":
         protocol = RetrievalProtocol(data or "wordnet:noun", max_samples or 1000, 0, task)
     else:

@@ -1,29 +1,37 @@
 """Activation and KV-cache fake quantization: no weight changes, a quantized forward pass.
 
-Every compressible unit's input is rounded per token (symmetric, ``bits``, range clipped to
-``clip`` of the maximum); keys and values per token and head (asymmetric, ``kv_bits``). After a
-rotation the inputs are the rotated ones, which is what makes 4-bit activations workable.
-Combined with an earlier activation step, the lower bit-width of each kind is kept.
+Every compressible unit's input is rounded dynamically with ``bits`` bits, the range clipped to
+``clip`` of the maximum: per token (``per=token``; for a Conv2d, per pixel across its input
+channels) or over the whole tensor (``per=tensor``, the usual CNN setting), symmetric or
+asymmetric min-max (``sym=false`` suits post-ReLU inputs). Keys and values are rounded per
+token and head (asymmetric, ``kv_bits``; LLaMA-family attention only). After a rotation the
+inputs are the rotated ones, which is what makes 4-bit activations workable. Combined with an
+earlier activation step, the setting with the lower bit-width of each kind is kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 from torch import Tensor
 
-from pqorder.methods.base import MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.models.llama import check_llama_family
 from pqorder.state import ActivationQuant
 from pqorder.transforms import sync
 
 
 class ActQuantConfig(MethodConfig):
-    """``bits`` of unit inputs and ``kv_bits`` of keys/values (each 2..16 or unset)."""
+    """``bits`` of unit inputs (``per`` token|tensor, ``sym``) and ``kv_bits`` of keys/values
+    (each 2..16 or unset)."""
 
     bits: int | None = 8
     clip: float = 1.0
+    per: Literal["token", "tensor"] = "token"
+    sym: bool = True
     kv_bits: int | None = None
     kv_clip: float = 1.0
     always_show = ("bits",)
@@ -49,20 +57,20 @@ class ActQuantConfig(MethodConfig):
         return self
 
 
-def _lower(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
+def _keeps_old(old: int | None, new: int | None) -> bool:
+    """Whether the earlier bit-width stays: the new one is unset or not lower."""
+    return new is None or (old is not None and old < new)
 
 
 def install_activation_quant(lm: Any, cfg: ActQuantConfig) -> ActivationQuant:
     """Record the fake quantization in the state (combined with any earlier one) and sync."""
+    new = ActivationQuant(cfg.bits, cfg.clip, cfg.kv_bits, cfg.kv_clip, cfg.per, cfg.sym)
     old = lm.state.model.activations
-    new = ActivationQuant(cfg.bits, cfg.clip, cfg.kv_bits, cfg.kv_clip)
     if old is not None:
+        inputs = old if _keeps_old(old.bits, new.bits) else new
+        kv = old if _keeps_old(old.kv_bits, new.kv_bits) else new
         new = ActivationQuant(
-            _lower(old.bits, new.bits),
-            min(old.clip, new.clip),
-            _lower(old.kv_bits, new.kv_bits),
-            min(old.kv_clip, new.kv_clip),
+            inputs.bits, inputs.clip, kv.kv_bits, kv.kv_clip, inputs.per, inputs.sym
         )
     lm.state.model.activations = new
     sync(lm)
@@ -73,14 +81,18 @@ def install_activation_quant(lm: Any, cfg: ActQuantConfig) -> ActivationQuant:
 class ActQuant(ModelMethod):
     name = "actquant"
     family = "quantize"
-    granularities = "token (activations), token × head (KV cache)"
-    summary = "fake-quantize unit inputs per token and the KV cache per head"
+    granularities = "token or tensor (activations), token × head (KV cache)"
+    summary = "fake-quantize unit inputs (per token or tensor) and the KV cache per head"
     Config = ActQuantConfig
     constrains_weights = False
 
     @property
     def granularity(self) -> str:
-        return "token"
+        return self.config.per
+
+    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+        if self.config.kv_bits is not None:
+            check_llama_family(lm.model, "KV-cache quantization")
 
     def apply(
         self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
