@@ -1,4 +1,4 @@
-"""`pqorder demo`: the order study on the built-in models, end to end, in about 20 minutes.
+"""`pqorder demo`: the order study on the built-in models, end to end, in about 15 minutes.
 
 The same plan runs on SmolLM2 (perplexity) and on the Fashion-MNIST CNN (top-1), so the
 language-model and vision answers to "does weaker-first win?" sit side by side.
@@ -25,7 +25,7 @@ from pqorder.cli.orders import (
 class Plan:
     """One demo study: a method pair to order, then a pruning × bit-width sweep of both orders.
 
-    The sweeps use data-free methods so that the whole demo stays near 20 minutes on 2 cores.
+    The sweeps use data-free methods so that the whole demo stays near 15 minutes on 2 cores.
     """
 
     pair: tuple[str, str]
