@@ -5,6 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import pqorder.transforms as transforms
+from pqorder.data.calibration import CalibrationSpec
 from pqorder.engine import check_pipeline
 from pqorder.errors import ConfigError, OrderError
 from pqorder.hadamard import hadamard, random_rotation
@@ -144,10 +145,11 @@ def test_pruning_after_rotation_sees_rotated_weights(tiny):
     assert kept >= rotated.abs()[~mask].max()  # magnitude chose among the rotated weights
 
 
-def test_quarot_preset_quantizes_weights_activations_and_kv(tiny):
-    record = run_pipeline(
-        tiny, parse_pipeline("quarot:weights=rtn,preset=W4A4KV4"), progress=False
-    ).records[0]
+@pytest.mark.parametrize("weights", ["rtn", "gptq"])
+def test_quarot_preset_quantizes_weights_activations_and_kv(tiny, weights):
+    calibration = CalibrationSpec("austen:pride", 8, 128, 0)
+    pipeline = parse_pipeline(f"quarot:weights={weights},preset=W4A4KV4")
+    record = run_pipeline(tiny, pipeline, calibration, progress=False).records[0]
     assert record.bits == 4 and record.units == 14
     assert record.details["activations"]["bits"] == 4
     assert record.details["activations"]["kv_bits"] == 4
