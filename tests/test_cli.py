@@ -77,6 +77,8 @@ def test_eval_json_reports_protocol():
         ),
         (["interference", "--pair", "magnitude:ratio=0.2"], "--pair takes"),
         (["search", "--methods", "rtn:bits=4", "--methods", "wanda:ratio=2"], "[0, 1)"),
+        (["demo", "--vision", "smollm2-135m", "-o", "{tmp}/x"], "--vision takes a vision model"),
+        (["demo", "--vision", "resnet18", "-o", "{tmp}/x"], "no offline evaluation set"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):

@@ -210,6 +210,7 @@ def test_activation_quantization_is_an_ordered_step(digits):
     assert torch.unique(per_pixel).numel() > 8
     whole = quantize_input(x, conv, ActivationQuant(3, 1.0, None, 1.0, "tensor", False))
     assert torch.unique(whole).numel() <= 8
+    assert (whole - x).abs().max() < (x.max() - x.min()) / 7  # within one step of the grid
     dense = DIGITS.score(digits)
     snap = take_snapshot(digits)
     scores = {}
@@ -224,6 +225,13 @@ def test_activation_quantization_is_an_ordered_step(digits):
     assert DIGITS.score(digits) == dense  # the hooks are gone with the state
     with pytest.raises(ConfigError, match="KV-cache quantization supports LLaMA-family"):
         run_pipeline(digits, parse_pipeline("actquant:kv_bits=4"), None, False)
+    for bad, message in [
+        ("actquant:bits=1", "unsupported activation bit-width 1"),
+        ("actquant:per=channel", "'token' or 'tensor'"),
+        ("actquant:clip=0", r"clip ratio must be in \(0, 1\]"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_pipeline(bad)
 
 
 def test_cli_compresses_a_vision_model_and_refuses_a_mismatched_dataset(tmp_path):

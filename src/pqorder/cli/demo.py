@@ -106,15 +106,23 @@ def demo(
 
     from pqorder import api
     from pqorder.data.calibration import CalibrationSpec
+    from pqorder.errors import ConfigError
     from pqorder.eval.perplexity import PerplexityProtocol
+    from pqorder.eval.select import protocol_for
+    from pqorder.models.loading import model_kind
 
+    if vision and model_kind(vision) != "vision":  # both studies' settings checked up front
+        raise ConfigError(f"--vision takes a vision model (e.g. fmnist-cnn), not {vision!r}")
+    vision_protocol = protocol_for(vision) if vision else None
     start = time.perf_counter()
     protocol = PerplexityProtocol("austen:emma", 512, max_tokens, 4)
     calibration = CalibrationSpec("austen:pride", calib_samples, calib_seqlen, 0)
     s = api.open_study(model, study, protocol, calibration, store, cache=not no_cache)
     studies = [(s, LM_PLAN, *_order_study(s, LM_PLAN, out, ""))]
     if vision:
-        v = api.open_study(vision, f"{study}-vision", store=s.store, cache=not no_cache)
+        v = api.open_study(
+            vision, f"{study}-vision", vision_protocol, store=s.store, cache=not no_cache
+        )
         found = _order_study(v, VISION_PLAN, out / "vision", f"{vision}: ")
         studies.append((v, VISION_PLAN, *found))
     console.rule("summary")
