@@ -66,3 +66,22 @@ def test_channels_after_rotation_zero_the_channel_outputs(tiny):
     with torch.no_grad():
         tiny.model(input_ids=torch.arange(100, 132).view(1, -1))
     assert (seen["x"][..., dead] == 0).all()  # channel space, before the online Hadamard
+
+
+def test_bad_structured_settings_and_models_fail_before_work():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pqorder.engine import check_pipeline
+    from pqorder.errors import ConfigError
+    from pqorder.models.loading import LoadedModel
+
+    for bad, message in [
+        ("structured:ratio=1", r"\[0, 1\)"),
+        ("structured:target=filters", "'heads' or 'channels'"),
+        ("structured:score=random", "'magnitude' or 'activation'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_pipeline(bad)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(ConfigError, match=r"structured pruning supports .*'gpt2'"):
+        check_pipeline(LoadedModel("gpt2-tiny", model, None), parse_pipeline("structured"))
