@@ -9,13 +9,14 @@ Run: python benchmarks/orders.py [--samples 32 --seqlen 512]
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
+from pqorder import api
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.eval.perplexity import PerplexityProtocol
-from pqorder.models.loading import load_model
-from pqorder.orders import order_grid
-from pqorder.pipeline import parse_step
+from pqorder.store import RunStore
 
 PRUNE = ["magnitude:ratio=0.3", "wanda:ratio=0.3", "sparsegpt:ratio=0.3"]
 QUANT = ["gptq:bits=4"]
@@ -31,22 +32,25 @@ def main() -> None:
     calibration = CalibrationSpec("austen:pride", args.samples, args.seqlen, 0)
     protocol = PerplexityProtocol("austen:emma", 512, 8192, 4)
     print(f"calibration {calibration}; evaluation {protocol}", flush=True)
-    lm = load_model("smollm2-135m")
-    start = time.perf_counter()
-    grid = order_grid(
-        lm,
-        [parse_step(t) for t in args.prune],
-        [parse_step(t) for t in args.quant],
-        protocol,
-        calibration,
-        progress=False,
-    )
+    # a fresh store and no prefix cache: every step is computed (each prefix once) and timed
+    with tempfile.TemporaryDirectory() as tmp:
+        study = api.open_study(
+            "smollm2-135m",
+            "bench-orders",
+            protocol,
+            calibration,
+            RunStore(Path(tmp) / "runs.sqlite"),
+            cache=False,
+            progress=False,
+        )
+        start = time.perf_counter()
+        grid = api.pair_grid(study, args.prune, args.quant)
     print(f"dense {grid.dense:.2f}; {time.perf_counter() - start:.0f} s in all")
     header = ("P", "Q", "P alone", "Q alone", "P→Q", "Q→P", "A(Q→P)")
     print("{:22s} {:14s} {:>8s} {:>8s} {:>8s} {:>8s} {:>8s}".format(*header))
     for r in grid.pairs:
         print(
-            f"{parse_step(r.prune).label():22s} {parse_step(r.quant).label():14s} "
+            f"{r.prune:22s} {r.quant:14s} "
             f"{r.prune_alone:8.2f} {r.quant_alone:8.2f} {r.prune_then_quant:8.2f} "
             f"{r.quant_then_prune:8.2f} {r.advantage_q_first:+8.2f}",
             flush=True,

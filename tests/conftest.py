@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
-from pqorder.models.loading import LoadedModel, load_model
+from pqorder.models.loading import load_model
 from pqorder.snapshot import restore_snapshot, take_snapshot
 
 # Small protocol for tests: 4 windows of 512 tokens of Emma (never used for calibration).

@@ -42,7 +42,7 @@ def _expected_pruned(step_text: str, pre_pruned: torch.Tensor) -> int:
     max(its target, what it already had pruned).
     """
     step = parse_step(step_text)
-    config = step.method.config
+    config = step.config
     if config.nm:
         n, m = (int(v) for v in config.nm.split(":"))
         groups = pre_pruned.reshape(-1, m).sum(dim=1)
@@ -60,13 +60,13 @@ def test_pair_satisfies_every_constraint(tiny, tiny_calibration, first, second):
     units = compressible_units(tiny.model)
     expected: dict[str, int] = {}
     for step in pipe.steps:
-        if step.method.family == "prune":
+        if step.family == "prune":
             expected = {
                 name: _expected_pruned(step.to_text(), ~tiny.state.get(name).kept(get_weight(m)))
                 for name, m in units.items()
             }
         assert apply_step(tiny, step, tiny_calibration, progress=False).units == 14
-    families = [s.method.family for s in pipe.steps]
+    families = [s.family for s in pipe.steps]
     for name, module in units.items():
         w = get_weight(module)
         c = tiny.state.get(name)
@@ -75,13 +75,13 @@ def test_pair_satisfies_every_constraint(tiny, tiny_calibration, first, second):
             pruned = ~c.mask
             assert (w[pruned] == 0).all(), name
             assert int(pruned.sum()) == expected[name], name
-            nm = [s.method.config.nm for s in pipe.steps if s.method.family == "prune"]
+            nm = [s.config.nm for s in pipe.steps if s.family == "prune"]
             for pattern in filter(None, nm):
                 n, m = (int(v) for v in pattern.split(":"))
                 assert ((w.view(w.shape[0], -1, m) != 0).sum(dim=2) <= n).all()
         if "quantize" in families:
-            last_q = [s for s in pipe.steps if s.method.family == "quantize"][-1]
-            assert c.grid.bits == last_q.method.config.bits
+            last_q = [s for s in pipe.steps if s.family == "quantize"][-1]
+            assert c.grid.bits == last_q.config.bits
             assert c.grid.contains(w), name
             size = c.grid.group_size
             cut = (w.shape[1] // size) * size

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pqorder.errors import ConfigError, PqorderError
-from pqorder.grid import fit_grid
 from pqorder.methods.obs import inverse_hessian_factor
 from pqorder.pipeline import parse_step
+from pqorder.quantgrid import fit_grid
 from pqorder.state import UnitConstraint
 from pqorder.stats import HessianAccumulator
 
@@ -28,7 +28,7 @@ def _err(w, q, x):
 
 
 def _run(text, w, stats, constraint=None):
-    return parse_step(text).method.compress_unit(w, constraint or UnitConstraint(), stats)
+    return parse_step(text).compress_unit(w, constraint or UnitConstraint(), stats)
 
 
 def test_hessian_matches_brute_force():

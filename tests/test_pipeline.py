@@ -10,8 +10,8 @@ def test_text_form_round_trips():
     text = "rtn:bits=4,group=128 > magnitude:ratio=0.3 > magnitude:nm=2:4 > rtn:bits=8,sym=true"
     pipe = parse_pipeline(text)
     assert [s.name for s in pipe.steps] == ["rtn", "magnitude", "magnitude", "rtn"]
-    assert pipe.steps[0].method.config.group == 128
-    assert pipe.steps[3].method.config.sym is True
+    assert pipe.steps[0].config.group == 128
+    assert pipe.steps[3].config.sym is True
     assert parse_pipeline(pipe.to_text()).to_text() == pipe.to_text()
     # the text form is canonical: every setting spelled out, unset options left out
     assert pipe.to_text() == (

@@ -5,12 +5,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import pqorder.transforms as transforms
+from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.engine import check_pipeline
 from pqorder.errors import ConfigError, OrderError
 from pqorder.hadamard import hadamard, random_rotation
 from pqorder.models.adapter import compressible_units, get_weight
-from pqorder.models.loading import LoadedModel, load_model
+from pqorder.models.loading import load_model
 from pqorder.pipeline import parse_pipeline, run_pipeline
 
 IDS = torch.arange(200, 328).view(2, 64)

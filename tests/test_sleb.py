@@ -9,11 +9,11 @@ from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.engine import check_pipeline
 from pqorder.errors import ConfigError
 from pqorder.methods import sleb
-from pqorder.methods.sleb import _ORDERS
 from pqorder.models.adapter import compressible_units
 from pqorder.models.loading import load_model
 from pqorder.pipeline import parse_pipeline, run_pipeline
 from pqorder.snapshot import restore_snapshot, take_snapshot
+from pqorder.transforms import runtime
 
 IDS = torch.arange(300, 364).view(1, 64)
 
@@ -31,7 +31,7 @@ def six():
 def model6(six):
     lm, dense, tokens = six
     restore_snapshot(lm, dense)
-    _ORDERS.clear()
+    runtime(lm).memo.clear()
     return lm, tokens
 
 

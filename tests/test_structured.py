@@ -71,9 +71,9 @@ def test_channels_after_rotation_zero_the_channel_outputs(tiny):
 def test_bad_structured_settings_and_models_fail_before_work():
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from pqorder.core import LoadedModel
     from pqorder.engine import check_pipeline
     from pqorder.errors import ConfigError
-    from pqorder.models.loading import LoadedModel
 
     for bad, message in [
         ("structured:ratio=1", r"\[0, 1\)"),

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pqorder import api
+from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.data.images import load_images
 from pqorder.engine import apply_step
@@ -20,7 +21,7 @@ from pqorder.models.adapter import (
     skipped_units,
     unit_inputs,
 )
-from pqorder.models.loading import LoadedModel, load_model
+from pqorder.models.loading import load_model
 from pqorder.models.vision import ImageClassifier
 from pqorder.pipeline import parse_pipeline, parse_step, run_pipeline
 from pqorder.snapshot import restore_snapshot, take_snapshot
@@ -175,9 +176,9 @@ def test_bad_input_is_refused_clearly(digits, tmp_path):
     assert list(compressible_units(depthwise)) == ["blocks.0.1"]
     assert "depthwise" in skipped_units(depthwise)["blocks.0.0"]
     with pytest.raises(ConfigError, match="calibration images come from a training split"):
-        from pqorder.cli.app import calibration_spec
+        from pqorder.eval.select import calibration_for
 
-        calibration_spec("digits:test", 8, 512, 0, "digits:test")
+        calibration_for("digits", "digits:test", 8, 512, 0, "digits:test")
 
 
 def test_missing_optional_vision_packages_say_so():

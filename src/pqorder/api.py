@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pqorder.analysis.intensity import CurveOptions
+from pqorder.analysis.pairs import PairGrid
+from pqorder.analysis.pairs import pair_grid as _pair_grid
 from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.recommend import recommend as _recommend
-from pqorder.analysis.rotation import PRUNERS, RATIOS, RotationStudy, run_rotation_study
+from pqorder.analysis.rotation_study import PRUNERS, RATIOS, RotationStudy, run_rotation_study
 from pqorder.analysis.search import SearchResult, search_orders
 from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
 from pqorder.analysis.units import InterferenceResult, analyze_interference, dense_hessians
@@ -24,8 +26,9 @@ from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.select import calibration_source, protocol_for
+from pqorder.methods.base import Method
 from pqorder.models.loading import load_model
-from pqorder.pipeline import Step, parse_step
+from pqorder.pipeline import parse_step
 from pqorder.prefix_cache import PrefixCache
 from pqorder.report import write_report
 from pqorder.store import RunStore
@@ -59,13 +62,13 @@ def open_study(
     return Study(lm, protocol, calibration, store, cache or None, name, sequential, progress)
 
 
-def _steps(steps: Sequence[str | Step]) -> list[Step]:
+def _steps(steps: Sequence[str | Method]) -> list[Method]:
     return [parse_step(s) if isinstance(s, str) else s for s in steps]
 
 
 def recommend(
     study: Study,
-    steps: Sequence[str | Step],
+    steps: Sequence[str | Method],
     options: CurveOptions | None = None,
     collapse_factor: float = 3.0,
 ) -> Recommendation:
@@ -76,7 +79,7 @@ def recommend(
 
 def search(
     study: Study,
-    steps: Sequence[str | Step],
+    steps: Sequence[str | Method],
     pih_order: Sequence[str] | None = None,
     beam_width: int = 3,
 ) -> SearchResult:
@@ -101,6 +104,15 @@ def sweep(
     return result
 
 
+def pair_grid(
+    study: Study, prune: Sequence[str | Method], quant: Sequence[str | Method]
+) -> PairGrid:
+    """Both orders of every (pruning, quantization) pair; every run stored."""
+    result = _pair_grid(study, _steps(prune), _steps(quant), study.progress)
+    _save(study, "grid", result.to_dict())
+    return result
+
+
 def rotation_study(
     study: Study,
     pruners: Sequence[str] = PRUNERS,
@@ -114,14 +126,14 @@ def rotation_study(
 
 
 def interference(
-    study: Study, pairs: Sequence[tuple[str | Step, str | Step]]
+    study: Study, pairs: Sequence[tuple[str | Method, str | Method]]
 ) -> list[InterferenceResult]:
     """Order-dependent units and interference Δ for each (pruning, quantization) pair."""
     parsed = [_steps([p, q]) for p, q in pairs]
     for step in (s for pair in parsed for s in pair):
-        if not step.method.keeps_units:
+        if not step.keeps_units:
             raise ConfigError(
-                f"interference compares each unit with the dense model; {step.method.name} "
+                f"interference compares each unit with the dense model; {step.name} "
                 "rotates or removes units, so it has no unit-by-unit interference"
             )
     hessians = dense_hessians(study)

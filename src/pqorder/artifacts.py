@@ -10,8 +10,9 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
-from pqorder.models.loading import VISION_FILE, LoadedModel
+from pqorder.models.loading import VISION_FILE
 from pqorder.state import STATE_FILE
 
 RECORD_FILE = "pqorder.json"

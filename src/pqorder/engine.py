@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pqorder.core import JSON, LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.errors import ConfigError, PqorderError
 from pqorder.layerwise import calibrated_units
-from pqorder.methods.base import ModelMethod, ModelOutcome, UnitMethod
+from pqorder.methods.base import Method, ModelMethod, UnitMethod
 from pqorder.models.adapter import compressible_units, get_weight, set_weight, unit_shape
 from pqorder.stats import UnitStats
 
@@ -31,81 +31,94 @@ class StepRecord:
     sparsity: float  # fraction of pruned weights over the touched units (from the masks)
     bits: int | None  # bit-width of the grid the touched units now lie on, if any
     notes: list[str] = field(default_factory=list)  # warnings raised while compressing
-    details: dict[str, Any] = field(default_factory=dict)  # model-level facts (removed blocks)
+    details: JSON = field(default_factory=dict)  # model-level facts (removed blocks)
+    label: str = ""  # the step's short label, kept so reports never re-parse the text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSON:
         return asdict(self)
 
 
-def check_pipeline(lm: Any, pipeline: Any) -> None:
+def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
     """Every step can handle every unit and follow the steps before it: raised before work."""
     units = compressible_units(lm.model)
-    for i, step in enumerate(pipeline.steps):
-        step.method.check_composition(lm, [s.method for s in pipeline.steps[:i]])
+    for i, step in enumerate(steps):
+        step.check_composition(lm, list(steps[:i]))
         for name, module in units.items():
-            step.method.check_unit(name, unit_shape(module))
+            step.check_unit(name, unit_shape(module))
+
+
+def needs(steps: Sequence[Method]) -> Need:
+    """The most any of ``steps`` needs from calibration."""
+    return max((s.needs for s in steps), default=Need.NOTHING)
 
 
 def _walk(
-    lm: Any,
-    method: UnitMethod,
-    label: str,
-    calibration: Tensor | None,
-    progress: bool,
-    sequential: bool,
+    ctx: StepContext, method: UnitMethod, label: str
 ) -> Iterator[tuple[str, nn.Module, UnitStats | None]]:
-    units = compressible_units(lm.model)
-    if not method.needs_calibration:
-        bar = tqdm(units.items(), desc=label, disable=not progress, leave=False)
+    units = compressible_units(ctx.lm.model)
+    if method.needs < Need.STATISTICS:
+        bar = tqdm(units.items(), desc=label, disable=not ctx.progress, leave=False)
         return ((name, module, None) for name, module in bar)
-    if calibration is None:
-        raise ConfigError(f"{method.name} needs calibration data (a CalibrationSpec)")
     return calibrated_units(
-        lm.model, units, calibration, sequential=sequential, progress=progress, label=label
+        ctx.lm.model,
+        units,
+        ctx.calibration,
+        sequential=ctx.sequential,
+        progress=ctx.progress,
+        label=label,
     )
 
 
-def compress_units(
-    lm: Any,
-    method: UnitMethod,
-    label: str,
-    calibration: Tensor | None,
-    progress: bool,
-    sequential: bool,
-) -> ModelOutcome:
+def _compress_units(ctx: StepContext, method: UnitMethod, label: str) -> ModelOutcome:
     """Run a unit method over every unit, each within its existing constraint."""
+    lm = ctx.lm
     touched = []
-    for name, module, stats in _walk(lm, method, label, calibration, progress, sequential):
+    for name, module, stats in _walk(ctx, method, label):
         w_new, constraint = method.compress_unit(get_weight(module), lm.state.get(name), stats)
         if not torch.isfinite(w_new).all():
             raise PqorderError(f"{label} produced NaN/Inf weights in {name}")
         set_weight(module, w_new)
         lm.state.set(name, constraint)
         touched.append(name)
-    method.finish(lm, calibration)
+    method.finish(ctx)
     return ModelOutcome(touched)
+
+
+def step_context(
+    lm: LoadedModel, calibration: Tensor | None, progress: bool = True, sequential: bool = False
+) -> StepContext:
+    """The context a step runs in, with the engine's unit walk plugged in."""
+
+    def run_units(method: UnitMethod, label: str) -> ModelOutcome:
+        return _compress_units(ctx, method, label)
+
+    ctx = StepContext(lm, calibration, run_units, progress, sequential)
+    return ctx
 
 
 @torch.no_grad()
 def apply_step(
-    lm: Any,
-    step: Any,
+    lm: LoadedModel,
+    step: Method,
     calibration: Tensor | None = None,
     progress: bool = True,
     sequential: bool = False,
 ) -> StepRecord:
     """Apply ``step`` to ``lm`` in place, within the constraints earlier steps established.
 
-    ``calibration`` is a (n_samples, seqlen) token tensor, required by calibrated methods.
+    ``calibration`` holds the calibration samples ((n, seqlen) tokens or (n, C, H, W) images),
+    required by steps that need inputs or statistics.
     """
-    method = step.method
+    if step.needs > Need.NOTHING and calibration is None:
+        raise ConfigError(f"{step.name} needs calibration data (a CalibrationSpec)")
+    ctx = step_context(lm, calibration, progress, sequential)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if isinstance(method, ModelMethod):
-            outcome = method.apply(lm, calibration, progress, sequential)
+        if isinstance(step, ModelMethod):
+            outcome = step.apply(ctx)
         else:
-            outcome = compress_units(lm, method, step.to_text(), calibration, progress, sequential)
+            outcome = ctx.compress_units(step, step.to_text())
     for warning in caught:
         warnings.warn(warning.message, stacklevel=2)
     units = compressible_units(lm.model)
@@ -115,12 +128,13 @@ def apply_step(
     bits = {g.bits for n in touched if (g := lm.state.get(n).grid) is not None}
     return StepRecord(
         step=step.to_text(),
-        family=method.family,
-        granularity=method.granularity,
+        family=step.family,
+        granularity=step.granularity,
         seconds=time.perf_counter() - start,
         units=len(touched),
         sparsity=pruned / max(total, 1),
         bits=min(bits) if bits else None,
         notes=[str(w.message) for w in caught],
         details=outcome.details,
+        label=step.label(),
     )

@@ -10,60 +10,35 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from pqorder.data.calibration import CalibrationSpec, sample_calibration
-from pqorder.engine import StepRecord, apply_step, check_pipeline
+from pqorder.core import LoadedModel, Need
+from pqorder.data.calibration import CalibrationSpec
+from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import ConfigError
-from pqorder.methods import get_method
-from pqorder.methods.base import Method, build_config
+from pqorder.eval.select import sample_for
+from pqorder.methods import Method, make_step
+from pqorder.methods.base import Setting
 
 STEP_SEPARATOR = ">"
 
 
 @dataclass(frozen=True)
-class Step:
-    """One method with its validated settings."""
-
-    method: Method
-
-    @property
-    def name(self) -> str:
-        return self.method.name
-
-    def to_text(self) -> str:
-        """Canonical text: every setting spelled out (the key of stored runs and caches)."""
-        return _text(self.name, self.method.config.model_dump(exclude_none=True))
-
-    def label(self) -> str:
-        """Short text for tables: settings that differ from the defaults, plus key ones."""
-        config = self.method.config
-        shown = config.model_dump(exclude_defaults=True)
-        for key in config.always_show:
-            shown.setdefault(key, getattr(config, key))
-        return _text(self.name, {k: shown[k] for k in config.model_dump() if k in shown})
-
-
-@dataclass(frozen=True)
 class Pipeline:
-    steps: tuple[Step, ...]
+    """An ordered tuple of steps (each a method with its validated settings)."""
+
+    steps: tuple[Method, ...]
 
     def to_text(self) -> str:
         return f" {STEP_SEPARATOR} ".join(step.to_text() for step in self.steps)
 
     def to_yaml(self) -> str:
-        recipe = [{s.name: s.method.config.model_dump(exclude_none=True)} for s in self.steps]
+        recipe = [{s.name: s.settings()} for s in self.steps]
         return yaml.safe_dump({"pipeline": recipe}, sort_keys=False)
 
     def __add__(self, other: Pipeline) -> Pipeline:
         return Pipeline(self.steps + other.steps)
-
-
-def _text(name: str, params: dict[str, Any]) -> str:
-    body = ",".join(f"{k}={_format(v)}" for k, v in params.items())
-    return f"{name}:{body}" if body else name
 
 
 def label(text: str) -> str:
@@ -76,11 +51,7 @@ def order_label(texts: Sequence[str]) -> str:
     return f" {STEP_SEPARATOR} ".join(label(t) for t in texts)
 
 
-def _format(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _coerce(value: str) -> Any:
+def _coerce(value: str) -> Setting:
     """Text value → bool, int, float or string (N:M patterns stay strings)."""
     low = value.lower()
     if low in ("true", "false"):
@@ -93,18 +64,18 @@ def _coerce(value: str) -> Any:
     return value
 
 
-def make_step(name: str, params: dict[str, Any]) -> Step:
-    method_cls = get_method(name)
-    return Step(method_cls(build_config(method_cls, params)))
+def parse_step(text: str, defaults: dict[str, Setting] | None = None) -> Method:
+    """``name`` or ``name:key=value,key=value``.
 
-
-def parse_step(text: str) -> Step:
-    """``name`` or ``name:key=value,key=value``."""
+    ``defaults`` fill settings the text leaves out: a template such as ``sparsegpt:damp=0.05``
+    for a sweep over ``ratio`` parses with ``defaults={"ratio": 0.1}``, and its variants come
+    from ``with_settings(ratio=...)`` with the damp kept.
+    """
     text = text.strip()
     if not text:
         raise ConfigError("empty step in pipeline (two '>' in a row or a trailing '>')")
     name, _, body = text.partition(":")
-    params: dict[str, Any] = {}
+    params: dict[str, Setting] = {}
     for item in filter(None, (p.strip() for p in body.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip() or not value.strip():
@@ -112,7 +83,7 @@ def parse_step(text: str) -> Step:
         if key.strip() in params:
             raise ConfigError(f"setting '{key.strip()}' given twice in step '{text}'")
         params[key.strip()] = _coerce(value.strip())
-    return make_step(name.strip(), params)
+    return make_step(name.strip(), {**(defaults or {}), **params})
 
 
 def parse_pipeline(text: str) -> Pipeline:
@@ -162,29 +133,22 @@ class PipelineResult:
     seconds: float = 0.0
 
 
-def needs_calibration(pipeline: Pipeline) -> bool:
-    return any(step.method.needs_calibration for step in pipeline.steps)
-
-
 def run_pipeline(
-    lm: Any,
+    lm: LoadedModel,
     pipeline: Pipeline,
     calibration: CalibrationSpec | None = None,
     progress: bool = True,
     sequential: bool = False,
 ) -> PipelineResult:
-    """Apply every step in order to ``lm`` (a LoadedModel), in place.
+    """Apply every step in order to ``lm``, in place.
 
-    Calibration tokens are sampled once (``calibration`` or the default spec) when any step
-    needs them, and every calibrated step sees the same samples.
+    Calibration samples are drawn once (``calibration``, or the model kind's default) when any
+    step needs them, and every calibrated step sees the same samples.
     """
-    check_pipeline(lm, pipeline)
+    check_pipeline(lm, pipeline.steps)
     tokens = None
-    if needs_calibration(pipeline):
-        calibration = calibration or CalibrationSpec()
-        config = getattr(lm.model, "config", None)
-        calibration.validate(getattr(config, "max_position_embeddings", None))
-        tokens = sample_calibration(calibration, lm.tokenizer)
+    if needs(pipeline.steps) > Need.NOTHING:
+        calibration, tokens = sample_for(lm, calibration)
     else:
         calibration = None
     result = PipelineResult(pipeline, calibration)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from pqorder.core import LoadedModel
 from pqorder.engine import StepRecord
-from pqorder.models.loading import LoadedModel
 from pqorder.paths import cache_dir
 from pqorder.snapshot import load_weights, model_weights
 from pqorder.state import CompressionState

@@ -10,7 +10,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from pqorder.analysis.rotation import RotationStudy, plot_rotation
+from pqorder.analysis.rotation_study import RotationStudy, plot_rotation
 from pqorder.analysis.sweep import SweepPoint, SweepResult, plot_sweep
 from pqorder.errors import PqorderError
 from pqorder.models.loading import CAVEATS

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from pqorder.models.loading import LoadedModel
+from pqorder.core import LoadedModel
 from pqorder.state import CompressionState
 from pqorder.transforms import sync
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pqorder.grid import QuantGrid
+from pqorder.quantgrid import QuantGrid
 
 STATE_FILE = "pqorder_state.safetensors"
 

@@ -8,6 +8,7 @@ steps, evaluates, and writes the run to the store as soon as it finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import time
@@ -16,13 +17,15 @@ from dataclasses import asdict, astuple, dataclass
 
 from torch import Tensor
 
-from pqorder.data.calibration import CalibrationSpec, sample_calibration
-from pqorder.engine import StepRecord, apply_step, check_pipeline
+from pqorder.core import LoadedModel, Need
+from pqorder.data.calibration import CalibrationSpec
+from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import OrderError, PqorderError
 from pqorder.eval import Evaluator, metric_of, protocol_dict
+from pqorder.eval.select import calibration_for, sample_for
+from pqorder.methods.base import Method
 from pqorder.models.adapter import weight_matrix
-from pqorder.models.loading import LoadedModel
-from pqorder.pipeline import Pipeline, Step
+from pqorder.pipeline import Pipeline
 from pqorder.prefix_cache import PrefixCache, content_key
 from pqorder.snapshot import restore_snapshot, take_snapshot
 from pqorder.store import Run, RunStore
@@ -54,7 +57,7 @@ class Study:
         progress: bool = False,
     ) -> None:
         self.lm, self.protocol, self.store, self.cache = lm, protocol, store, cache
-        self.calibration = calibration or CalibrationSpec()
+        self.calibration = calibration or calibration_for(lm.name)
         protocol.prepare(lm)  # a missing dataset is an error now, not a failed run
         self.name, self.sequential, self.progress = name, sequential, progress
         self._dense = take_snapshot(lm)
@@ -64,8 +67,8 @@ class Study:
         self.spend = Spend()
 
     # -- keys ---------------------------------------------------------------------------
-    def _prefix_key(self, steps: Sequence[Step]) -> str:
-        calibrated = any(s.method.needs_calibration for s in steps)
+    def _prefix_key(self, steps: Sequence[Method]) -> str:
+        calibrated = needs(steps) > Need.NOTHING
         return content_key(
             {
                 "model": self.lm.name,
@@ -75,7 +78,7 @@ class Study:
             }
         )
 
-    def run_key(self, steps: Sequence[Step]) -> str:
+    def run_key(self, steps: Sequence[Method]) -> str:
         return content_key(
             {"prefix": self._prefix_key(steps), "protocol": protocol_dict(self.protocol)}
         )
@@ -84,7 +87,7 @@ class Study:
     def dense_run(self) -> Run:
         return self.evaluate(())
 
-    def evaluate(self, steps: Sequence[Step]) -> Run:
+    def evaluate(self, steps: Sequence[Method]) -> Run:
         """The stored run of this order, or a new one (applied, evaluated, stored)."""
         steps = tuple(steps)
         key = self.run_key(steps)
@@ -112,9 +115,7 @@ class Study:
             model=self.lm.name,
             pipeline=Pipeline(steps).to_text() if steps else "dense",
             n_steps=len(steps),
-            calibration=asdict(self.calibration)
-            if any(s.method.needs_calibration for s in steps)
-            else None,
+            calibration=asdict(self.calibration) if needs(steps) > Need.NOTHING else None,
             protocol=protocol_dict(self.protocol),
             metric=metric_of(self.protocol, value) if error is None else None,
             perplexity=value if error is None and self.protocol.name == "perplexity" else None,
@@ -129,31 +130,29 @@ class Study:
     def calibration_tokens(self) -> Tensor:
         """The study's calibration samples (drawn once, shared by every calibrated step)."""
         if self._tokens is None:
-            config = getattr(self.lm.model, "config", None)
-            self.calibration.validate(getattr(config, "max_position_embeddings", None))
-            self._tokens = sample_calibration(self.calibration, self.lm.tokenizer)
+            _, self._tokens = sample_for(self.lm, self.calibration)
         return self._tokens
 
-    def _tokens_for(self, step: Step) -> Tensor | None:
-        return self.calibration_tokens() if step.method.needs_calibration else None
+    def _tokens_for(self, step: Method) -> Tensor | None:
+        return self.calibration_tokens() if step.needs > Need.NOTHING else None
 
     def dense_weight(self, name: str) -> Tensor:
         """The dense (out, in) weight of a unit (snapshots hold the module layout)."""
         module = self.lm.model.get_submodule(name)
         return weight_matrix(module, self._dense.weights[f"{name}.weight"])
 
-    def materialize(self, steps: Sequence[Step]) -> None:
+    def materialize(self, steps: Sequence[Method]) -> None:
         """Make the model hold ``steps`` applied to the dense model (reusing prefixes)."""
         self.check(steps)
         self._materialize(tuple(steps))
 
-    def check(self, steps: Sequence[Step]) -> None:
+    def check(self, steps: Sequence[Method]) -> None:
         """Raise before any work if ``steps`` cannot be applied to the study's dense model."""
         lm = self.lm
-        dense = LoadedModel(lm.name, lm.model, lm.tokenizer, self._dense.state, lm.runtime, lm.kind)
-        check_pipeline(dense, Pipeline(tuple(steps)))
+        dense = dataclasses.replace(lm, state=self._dense.state)
+        check_pipeline(dense, tuple(steps))
 
-    def _materialize(self, steps: tuple[Step, ...]) -> None:
+    def _materialize(self, steps: tuple[Method, ...]) -> None:
         """Make the model hold exactly ``steps`` applied to the dense model."""
         texts = tuple(s.to_text() for s in steps)
         start = self._start_point(steps, texts)
@@ -173,7 +172,7 @@ class Study:
             if self.cache is not None and extendable:
                 self.cache.save(self._prefix_key(steps[: i + 1]), self.lm, self._records)
 
-    def _start_point(self, steps: tuple[Step, ...], texts: tuple[str, ...]) -> int:
+    def _start_point(self, steps: tuple[Method, ...], texts: tuple[str, ...]) -> int:
         """Steps already in place after choosing the cheapest starting point."""
         here = self._position
         held = len(here) if here is not None and texts[: len(here)] == here else -1

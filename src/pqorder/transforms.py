@@ -15,14 +15,15 @@ Forward-pass transforms (they cannot be fused into weights):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from pqorder.core import LoadedModel, Runtime
 from pqorder.errors import PqorderError
 from pqorder.fakequant import fake_quant
 from pqorder.hadamard import random_rotation
@@ -41,19 +42,9 @@ class AttentionTransform:
     quant: ActivationQuant | None
 
 
-@dataclass
-class Runtime:
-    """What ``sync`` needs to rebuild any structure: the full block list and original wiring."""
-
-    path: str
-    blocks: list[nn.Module | None]  # by original index; None = removed before loading
-    tied: bool
-    attention: str
-    layer_types: list[str] | None
-    handles: list[Any] = field(default_factory=list)
-
-
-def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, *args, **kwargs):
+def _attention(
+    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, *args: object, **kwargs: object
+) -> tuple[Tensor, Tensor | None]:
     transform: AttentionTransform | None = getattr(module, "pqorder_attention", None)
     if transform is not None:
         if transform.rotation is not None:
@@ -66,8 +57,11 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, *ar
     return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
 
 
-AttentionInterface.register(ATTENTION, _attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+def _register_attention() -> None:
+    """Make the ``pqorder`` attention function known to transformers (idempotent; done when a
+    model first needs it, not at import)."""
+    AttentionInterface.register(ATTENTION, _attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 @functools.lru_cache(maxsize=16)
@@ -76,7 +70,7 @@ def online_rotation(n: int, kind: str, seed: int) -> Tensor:
     return random_rotation(n, seed + n, kind).float()
 
 
-def runtime(lm: Any) -> Runtime:
+def runtime(lm: LoadedModel) -> Runtime:
     """The model's Runtime, created on first use from the model as loaded."""
     if lm.runtime is None:
         model = lm.model
@@ -101,7 +95,7 @@ def runtime(lm: Any) -> Runtime:
     return lm.runtime
 
 
-def _set_blocks(lm: Any, rt: Runtime, removed: list[int]) -> None:
+def _set_blocks(lm: LoadedModel, rt: Runtime, removed: list[int]) -> None:
     blocks = [b for i, b in enumerate(rt.blocks) if i not in removed]
     parent_path, _, attr = rt.path.rpartition(".")
     parent = lm.model.get_submodule(parent_path) if parent_path else lm.model
@@ -121,7 +115,7 @@ def _set_blocks(lm: Any, rt: Runtime, removed: list[int]) -> None:
             attn.layer_idx = index  # KV caches index layers by position
 
 
-def _set_tied(lm: Any, rt: Runtime, untie: bool) -> None:
+def _set_tied(lm: LoadedModel, rt: Runtime, untie: bool) -> None:
     """A rotated model needs its own lm_head (it absorbs the final norm)."""
     if not rt.tied:  # also every plain torch model (no embeddings to tie)
         return
@@ -134,8 +128,11 @@ def _set_tied(lm: Any, rt: Runtime, untie: bool) -> None:
     model.config.tie_word_embeddings = not untie
 
 
-def _pre_hook(fn: Any) -> Any:
-    def hook(_module: nn.Module, args: tuple) -> tuple:
+PreHook = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+
+def _pre_hook(fn: Callable[[Tensor], Tensor]) -> PreHook:
+    def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return (fn(args[0]), *args[1:])
 
     return hook
@@ -151,7 +148,9 @@ def quantize_input(x: Tensor, module: nn.Module, act: ActivationQuant) -> Tensor
     return fake_quant(x, act.bits, act.clip, act.sym)
 
 
-def _install_hooks(lm: Any, rt: Runtime, rotation: Rotation | None, act: ActivationQuant | None):
+def _install_hooks(
+    lm: LoadedModel, rt: Runtime, rotation: Rotation | None, act: ActivationQuant | None
+) -> None:
     model = lm.model
     _, blocks = decoder_blocks(model)
     online = rotation is not None and rotation.online
@@ -172,11 +171,13 @@ def _install_hooks(lm: Any, rt: Runtime, rotation: Rotation | None, act: Activat
             quant = functools.partial(quantize_input, module=unit, act=act)
             rt.handles.append(unit.register_forward_pre_hook(_pre_hook(quant)))
     uses = any(getattr(getattr(b, "self_attn", None), "pqorder_attention", None) for b in blocks)
+    if uses:
+        _register_attention()
     if rt.attention is not None:
         model.config._attn_implementation = ATTENTION if uses else rt.attention
 
 
-def sync(lm: Any) -> None:
+def sync(lm: LoadedModel) -> None:
     """Make ``lm.model``'s blocks, tied weights and hooks match ``lm.state.model``."""
     rt = runtime(lm)
     for handle in rt.handles:

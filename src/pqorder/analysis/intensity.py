@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from pqorder.analysis.cer import CER, RatioMapping, ReferenceCurve, Space, quant_ratio
 from pqorder.errors import ConfigError
-from pqorder.pipeline import Step, make_step, parse_step
+from pqorder.methods.base import Method
+from pqorder.pipeline import parse_step
 from pqorder.store import Run
 from pqorder.study import Study
 
@@ -71,13 +72,12 @@ def reference_curve(study: Study, options: CurveOptions) -> ReferenceCurve:
             f"--space logppl needs a perplexity protocol; this study measures "
             f"{study.protocol.name}: use --space metric"
         )
-    base = parse_step(options.quantizer)
-    if base.method.family != "quantize":
+    base = parse_step(options.quantizer, {"bits": options.bits[0]})
+    if base.family != "quantize":
         raise ConfigError(f"the CER reference '{options.quantizer}' is not a quantization step")
-    params = base.method.config.model_dump(exclude_none=True)
     metrics = []
     for bits in options.bits:
-        run = study.evaluate((make_step(base.name, {**params, "bits": bits}),))
+        run = study.evaluate((base.with_settings(bits=bits),))
         if not run.ok:
             raise ConfigError(f"reference point {bits} bits failed: {run.error}")
         metrics.append(run.metric)
@@ -90,9 +90,9 @@ def reference_curve(study: Study, options: CurveOptions) -> ReferenceCurve:
     )
 
 
-def _own_cer(step: Step, run: Run, curve: ReferenceCurve) -> CER:
-    if step.method.family == "quantize":
-        bits = step.method.config.bits
+def _own_cer(step: Method, run: Run, curve: ReferenceCurve) -> CER:
+    if step.family == "quantize":
+        bits = step.config.bits
         return CER(quant_ratio(bits, curve.mapping, curve.reference_bits), "ok", run.metric)
     if not run.ok:
         return CER(None, "stronger-than-curve", float("nan"))
@@ -100,7 +100,7 @@ def _own_cer(step: Step, run: Run, curve: ReferenceCurve) -> CER:
 
 
 def measure_intensity(
-    study: Study, steps: Sequence[Step], options: CurveOptions | None = None
+    study: Study, steps: Sequence[Method], options: CurveOptions | None = None
 ) -> IntensityReport:
     """Dense, every step alone, and the CER of each from the reference curve."""
     options = options or CurveOptions()
@@ -112,8 +112,8 @@ def measure_intensity(
         methods.append(
             MethodIntensity(
                 step.to_text(),
-                step.method.family,
-                step.method.granularity,
+                step.family,
+                step.granularity,
                 run,
                 _own_cer(step, run, curve),
             )

@@ -20,7 +20,8 @@ from pqorder.analysis.intensity import (
     measure_intensity,
 )
 from pqorder.errors import ConfigError
-from pqorder.pipeline import Step, label
+from pqorder.methods.base import Method
+from pqorder.pipeline import label
 from pqorder.store import Run
 from pqorder.study import Study
 
@@ -69,7 +70,7 @@ def _confidence(gaps: list[float | None]) -> str:
     return "medium" if smallest >= MEDIUM_GAP else "low"
 
 
-def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -> list[str]:
+def _warnings(report: IntensityReport, steps: Sequence[Method], collapse: float) -> list[str]:
     out = []
     dense = report.dense
     for m in report.methods:
@@ -88,17 +89,17 @@ def _warnings(report: IntensityReport, steps: Sequence[Step], collapse: float) -
             out.append(f"{name} does not change the metric at all")
     if report.non_monotone:
         out.append(f"the reference curve is not monotone at bits {report.non_monotone}")
-    prunes = [s for s in steps if s.method.family == "prune"]
-    quants = [s for s in steps if s.method.family == "quantize"]
+    prunes = [s for s in steps if s.family == "prune"]
+    quants = [s for s in steps if s.family == "quantize"]
     for p in prunes:
         for q in quants:
-            fine = p.method.granularity == "element" or p.method.granularity.endswith(" group")
+            fine = p.granularity == "element" or p.granularity.endswith(" group")
             if fine:
                 out.append(
-                    f"interference expected: {p.label()} prunes at {p.method.granularity} "
-                    f"granularity inside {q.label()}'s {q.method.granularity} scales"
+                    f"interference expected: {p.label()} prunes at {p.granularity} "
+                    f"granularity inside {q.label()}'s {q.granularity} scales"
                 )
-    rotations = [s for s in steps if s.method.rotates]
+    rotations = [s for s in steps if s.rotates]
     if rotations and prunes:
         out.append(
             f"{rotations[0].label()} rotates the weights: pruning after it is much worse (the "
@@ -114,14 +115,14 @@ def strength(run: Run) -> float:
     return -run.metric if run.ok else float("inf")
 
 
-def weaker_first(study: Study, steps: Sequence[Step]) -> list[Step]:
+def weaker_first(study: Study, steps: Sequence[Method]) -> list[Method]:
     """The PIH order from each method alone (no reference curve needed)."""
     return sorted(steps, key=lambda s: strength(study.evaluate((s,))))
 
 
 def recommend(
     study: Study,
-    steps: Sequence[Step],
+    steps: Sequence[Method],
     options: CurveOptions | None = None,
     collapse_factor: float = 3.0,
 ) -> Recommendation:

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from pqorder.analysis.recommend import strength
 from pqorder.errors import ConfigError
-from pqorder.pipeline import Step, label, parse_step
+from pqorder.methods.base import Method
+from pqorder.pipeline import label, parse_step
 from pqorder.store import Run
 from pqorder.study import Spend, Study
 
@@ -81,9 +82,9 @@ def _pairwise_advantages(results: dict[tuple[str, ...], Run]) -> dict[str, float
     return out
 
 
-def _beam(study: Study, steps: Sequence[Step], pih: Sequence[Step], width: int) -> dict:
+def _beam(study: Study, steps: Sequence[Method], pih: Sequence[Method], width: int) -> dict:
     """Grow partial orders one method at a time, keeping the best ``width`` (and PIH's)."""
-    beam: list[tuple[Step, ...]] = [()]
+    beam: list[tuple[Method, ...]] = [()]
     for depth in range(1, len(steps) + 1):
         candidates = {(*partial, s) for partial in beam for s in steps if s not in partial}
         scored = sorted(candidates, key=lambda c: _rank_key((c, study.evaluate(c))))
@@ -97,7 +98,7 @@ def _beam(study: Study, steps: Sequence[Step], pih: Sequence[Step], width: int) 
 
 def search_orders(
     study: Study,
-    steps: Sequence[Step],
+    steps: Sequence[Method],
     pih_order: Sequence[str] | None = None,
     beam_width: int = 3,
 ) -> SearchResult:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from pqorder.analysis.cer import quant_ratio
 from pqorder.analysis.intensity import CurveOptions, collapsed, reference_curve
 from pqorder.errors import ConfigError
-from pqorder.pipeline import make_step, parse_step
+from pqorder.pipeline import parse_step
 from pqorder.study import Study
 
 
@@ -93,18 +93,17 @@ def run_sweep(
     """
     if not pruners or not ratios or not bits:
         raise ConfigError("a sweep needs at least one pruner, one ratio and one bit-width")
-    base_q = parse_step(quantizer)
-    if base_q.method.family != "quantize":
+    base_q = parse_step(quantizer, {"bits": bits[0]})
+    if base_q.family != "quantize":
         raise ConfigError(f"'{quantizer}' is not a quantization step")
-    q_params = base_q.method.config.model_dump(exclude_none=True)
     prune_steps = {}
-    for name in pruners:
-        base_p = parse_step(name if ":" in name else f"{name}:ratio=0.1")
-        if base_p.method.family != "prune":
-            raise ConfigError(f"'{name}' is not a pruning method")
+    for text in pruners:
+        base_p = parse_step(text, {"ratio": ratios[0]})
+        if base_p.family != "prune":
+            raise ConfigError(f"'{text}' is not a pruning method")
         for r in ratios:
-            prune_steps[(base_p.name, r)] = make_step(base_p.name, {"ratio": r})
-    q_steps = {b: make_step(base_q.name, {**q_params, "bits": b}) for b in bits}
+            prune_steps[(base_p.name, r)] = base_p.with_settings(ratio=r)
+    q_steps = {b: base_q.with_settings(bits=b) for b in bits}
     options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
     curve = reference_curve(study, options)
     dense = study.dense_run()

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from pqorder.layerwise import calibrated_units
+from pqorder.methods.base import Method
 from pqorder.models.adapter import compressible_units, get_weight
-from pqorder.pipeline import Step
 from pqorder.study import Study
 
 
@@ -74,7 +74,7 @@ def dense_hessians(study: Study) -> dict[str, Tensor]:
     return {name: stats.hessian for name, _module, stats in walk}
 
 
-def _errors(study: Study, steps: tuple[Step, ...], hessians: dict[str, Tensor]) -> dict:
+def _errors(study: Study, steps: tuple[Method, ...], hessians: dict[str, Tensor]) -> dict:
     """Per unit: (output error, keep mask) of the model after ``steps``."""
     study.materialize(steps)
     out = {}
@@ -86,7 +86,7 @@ def _errors(study: Study, steps: tuple[Step, ...], hessians: dict[str, Tensor]) 
 
 
 def analyze_interference(
-    study: Study, prune: Step, quant: Step, hessians: dict[str, Tensor]
+    study: Study, prune: Method, quant: Method, hessians: dict[str, Tensor]
 ) -> InterferenceResult:
     """Unit errors of P alone, Q alone and both orders; predicted vs measured A(Q→P)."""
     dense_metric = study.dense_run().metric

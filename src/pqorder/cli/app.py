@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pqorder.errors import ConfigError, PqorderError
+from pqorder.errors import PqorderError
 
 app = typer.Typer(
     help="Joint model compression where the order of methods is measured and optimized.",
@@ -93,21 +93,6 @@ def main() -> None:
         sys.exit(2)
 
 
-def calibration_spec(source: str, samples: int, seqlen: int, seed: int, data: str):
-    from pqorder.data.calibration import CalibrationSpec
-    from pqorder.data.images import is_image_source, parse_image_spec
-    from pqorder.data.sources import disjoint_specs
-
-    if is_image_source(source):
-        if parse_image_spec(source, "train")[1] != "train":
-            raise ConfigError(f"calibration images come from a training split, not '{source}'")
-    else:
-        source, _ = disjoint_specs(source, data)
-    spec = CalibrationSpec(source, samples, seqlen, seed)
-    spec.validate()
-    return spec
-
-
 # Option groups shared by many commands: (name, annotated type, default) per option.
 _GROUPS = {
     "protocol": [
@@ -170,7 +155,7 @@ def with_options(*groups: str):
 
         @functools.wraps(fn)
         def command(**kwargs):
-            from pqorder.eval.select import calibration_source, protocol_for
+            from pqorder.eval.select import calibration_for, protocol_for
 
             raw = {name: kwargs.pop(name) for g in groups for name, _a, _d in _GROUPS[g]}
             model = kwargs.get("model", raw.get("model"))
@@ -185,12 +170,13 @@ def with_options(*groups: str):
                     raw["batch_size"],
                 )
             if "calibration" in groups:
-                kwargs["calibration"] = calibration_spec(
-                    raw["calib"] or calibration_source(model),
+                kwargs["calibration"] = calibration_for(
+                    model,
+                    raw["calib"],
                     raw["calib_samples"],
                     raw["calib_seqlen"],
                     raw["seed"],
-                    raw.get("data") or "austen:emma",
+                    raw.get("data", ""),
                 )
             if "study" in groups:  # opened on demand, after the command checked its own input
                 kwargs["study"] = functools.partial(

@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
-from pqorder.cli.app import NoCacheOpt, StoreOpt, app, console
-from pqorder.cli.orders import (
+from pqorder.cli.analyses import (
     print_interference,
     print_recommendation,
     print_search,
     print_sweep,
 )
+from pqorder.cli.app import NoCacheOpt, StoreOpt, app, console
 
 
 @dataclass(frozen=True)

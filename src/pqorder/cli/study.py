@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from pqorder.cli.analyses import _floats, _num
 from pqorder.cli.app import app, console, with_options
-from pqorder.cli.orders import _floats, _num
 
 study_app = typer.Typer(help="Packaged studies (results go to the run store and the report).")
 app.add_typer(study_app, name="study")
@@ -30,7 +30,7 @@ def rotation(
 ) -> None:
     """Pruning with and without a prior QuaRot rotation, ratio by ratio (stored, plotted)."""
     from pqorder import api
-    from pqorder.analysis.rotation import plot_rotation
+    from pqorder.analysis.rotation_study import plot_rotation
 
     ratio_values = _floats(ratios, "--ratios")
     result = api.rotation_study(study(), prune, ratio_values, rotate)

@@ -7,6 +7,12 @@ training split. Encoders: WordNet retrieval top-1 (or fidelity), calibration tex
 
 from __future__ import annotations
 
+from torch import Tensor
+
+from pqorder.core import LoadedModel
+from pqorder.data.calibration import CalibrationSpec, sample_calibration
+from pqorder.data.images import is_image_source, parse_image_spec
+from pqorder.data.sources import disjoint_specs
 from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.accuracy import AccuracyProtocol
@@ -44,3 +50,35 @@ def calibration_source(model: str) -> str:
     if model_kind(model) == "vision" and (data := default_dataset(model)) is not None:
         return f"{data.split(':')[0]}:train"
     return "austen:pride"
+
+
+def calibration_for(
+    model: str,
+    source: str = "",
+    n_samples: int = 128,
+    seqlen: int = 512,
+    seed: int = 0,
+    eval_data: str = "",
+) -> CalibrationSpec:
+    """The one place a calibration spec is made: the model kind's default source when none is
+    given (its training images for vision models, Pride and Prejudice for text), text kept
+    disjoint from the evaluation text, images only from a training split; validated."""
+    source = source or calibration_source(model)
+    if is_image_source(source):
+        if parse_image_spec(source, "train")[1] != "train":
+            raise ConfigError(f"calibration images come from a training split, not '{source}'")
+    else:
+        source, _ = disjoint_specs(source, eval_data or "austen:emma")
+    spec = CalibrationSpec(source, n_samples, seqlen, seed)
+    spec.validate()
+    return spec
+
+
+def sample_for(
+    lm: LoadedModel, spec: CalibrationSpec | None = None
+) -> tuple[CalibrationSpec, Tensor]:
+    """Calibration samples for ``lm`` (``spec``, or the model kind's default), checked against
+    the model's context length: every path that calibrates draws its samples here."""
+    spec = spec or calibration_for(lm.name)
+    spec.validate(lm.max_context)
+    return spec, sample_calibration(spec, lm.tokenizer)

@@ -6,13 +6,13 @@ from pqorder.methods import (  # noqa: F401  (registration)
     gptq,
     magnitude,
     quarot,
-    rotation,
+    rotate,
     rtn,
     sleb,
     sparsegpt,
     structured,
     wanda,
 )
-from pqorder.methods.base import REGISTRY, Method, MethodConfig, get_method, register
+from pqorder.methods.base import REGISTRY, Method, MethodConfig, get_method, make_step, register
 
-__all__ = ["REGISTRY", "Method", "MethodConfig", "get_method", "register"]
+__all__ = ["REGISTRY", "Method", "MethodConfig", "get_method", "make_step", "register"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import field_validator, model_validator
-from torch import Tensor
 
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.core import LoadedModel, ModelOutcome, StepContext
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.llama import check_llama_family
 from pqorder.state import ActivationQuant
 from pqorder.transforms import sync
@@ -62,7 +62,7 @@ def _keeps_old(old: int | None, new: int | None) -> bool:
     return new is None or (old is not None and old < new)
 
 
-def install_activation_quant(lm: Any, cfg: ActQuantConfig) -> ActivationQuant:
+def install_activation_quant(lm: LoadedModel, cfg: ActQuantConfig) -> ActivationQuant:
     """Record the fake quantization in the state (combined with any earlier one) and sync."""
     new = ActivationQuant(cfg.bits, cfg.clip, cfg.kv_bits, cfg.kv_clip, cfg.per, cfg.sym)
     old = lm.state.model.activations
@@ -90,11 +90,11 @@ class ActQuant(ModelMethod):
     def granularity(self) -> str:
         return self.config.per
 
-    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         if self.config.kv_bits is not None:
             check_llama_family(lm.model, "KV-cache quantization")
 
-    def apply(
-        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
-    ) -> ModelOutcome:
-        return ModelOutcome([], {"activations": asdict(install_activation_quant(lm, self.config))})
+    def apply(self, ctx: StepContext) -> ModelOutcome:
+        return ModelOutcome(
+            [], {"activations": asdict(install_activation_quant(ctx.lm, self.config))}
+        )

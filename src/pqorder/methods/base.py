@@ -11,18 +11,20 @@ unit they touch through the composition state, and record model-level changes in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Callable, Sequence
+from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
+from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.errors import ConfigError
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
 Family = Literal["prune", "quantize", "rotate"]
+Setting = bool | int | float | str  # what a step's text form can hold
+T = TypeVar("T")
 
 
 def _fraction(v: float) -> float:
@@ -41,21 +43,41 @@ class MethodConfig(BaseModel):
     always_show: ClassVar[tuple[str, ...]] = ()  # settings short labels show even at default
 
 
+def step_text(name: str, params: dict[str, Setting]) -> str:
+    """``name:key=value,...`` (booleans lower-case, as the parser reads them)."""
+    body = ",".join(
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()
+    )
+    return f"{name}:{body}" if body else name
+
+
 class Method(ABC):
-    """One compression method; concrete classes register with ``@register``."""
+    """One compression method with its validated settings: a step of a pipeline.
+
+    Concrete classes register with ``@register``. An instance is a step: it has a canonical
+    text form (the key of stored runs and caches), a short label for tables, and derives
+    variants through ``with_settings`` (every other setting kept).
+    """
 
     name: ClassVar[str]
     family: ClassVar[Family]
     summary: ClassVar[str]
     granularities: ClassVar[str]  # the units it can act on, for `pqorder methods`
     Config: ClassVar[type[MethodConfig]]
-    needs_calibration: ClassVar[bool] = False  # the engine passes UnitStats when True
+    example: ClassVar[str]  # a small, fast setting for the contract tests and the docs
     constrains_weights: ClassVar[bool] = True  # leaves sparsity masks or grids on its units
     rotates: ClassVar[bool] = False  # rotates the weights (destroys earlier masks and grids)
     keeps_units: ClassVar[bool] = True  # every unit keeps its name, shape and basis
+    requires: ClassVar[Need] = Need.NOTHING  # what it needs at its default settings
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
+
+    @property
+    def needs(self) -> Need:
+        """What this step needs from calibration (methods whose need depends on a setting
+        override this)."""
+        return self.requires
 
     @property
     @abstractmethod
@@ -65,17 +87,47 @@ class Method(ABC):
     def check_unit(self, name: str, shape: tuple[int, int]) -> None:  # noqa: B027
         """Raise ConfigError if the method cannot handle this unit (called before any work)."""
 
-    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:  # noqa: B027
+    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:  # noqa: B027
         """Raise ConfigError if this step cannot follow ``earlier`` steps on ``lm`` (before work).
 
         ``lm.state`` is the state before the pipeline's first step.
         """
 
+    # -- the step value -------------------------------------------------------------------
+    def settings(self) -> dict[str, Setting]:
+        """Every setting, defaults included (None values left out)."""
+        return self.config.model_dump(exclude_none=True)
+
+    def to_text(self) -> str:
+        """Canonical text: every setting spelled out (the key of stored runs and caches)."""
+        return step_text(self.name, self.settings())
+
+    def label(self) -> str:
+        """Short text for tables: settings that differ from the defaults, plus key ones."""
+        config = self.config
+        shown = config.model_dump(exclude_defaults=True)
+        for key in config.always_show:
+            shown.setdefault(key, getattr(config, key))
+        return step_text(self.name, {k: shown[k] for k in config.model_dump() if k in shown})
+
+    def with_settings(self, **overrides: Setting) -> Method:
+        """The same step with some settings replaced (validated; every other setting kept)."""
+        return make_step(self.name, {**self.settings(), **overrides})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Method) and other.to_text() == self.to_text()
+
+    def __hash__(self) -> int:
+        return hash(self.to_text())
+
+    def __repr__(self) -> str:
+        return f"<step {self.to_text()}>"
+
 
 class UnitMethod(Method):
     """A method that compresses each unit on its own (the engine walks the units)."""
 
-    def finish(self, lm: Any, calibration: Tensor | None) -> None:
+    def finish(self, ctx: StepContext) -> None:
         """Model-level work once every unit is compressed (default: none)."""
 
     @abstractmethod
@@ -84,26 +136,16 @@ class UnitMethod(Method):
     ) -> tuple[Tensor, UnitConstraint]:
         """Compress one (out, in) weight within ``constraint``; return weight and new constraint.
 
-        ``stats`` holds the unit's calibration statistics when ``needs_calibration``, else None.
+        ``stats`` holds the unit's calibration statistics when ``needs`` is STATISTICS.
         """
-
-
-@dataclass
-class ModelOutcome:
-    """What a model-level step touched (unit names) and what it wants recorded."""
-
-    touched: list[str]
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelMethod(Method):
     """A method that transforms the whole model at once."""
 
     @abstractmethod
-    def apply(
-        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
-    ) -> ModelOutcome:
-        """Change ``lm`` in place, keeping ``lm.state`` true; ``calibration`` as for units."""
+    def apply(self, ctx: StepContext) -> ModelOutcome:
+        """Change ``ctx.lm`` in place, keeping ``lm.state`` true."""
 
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -125,20 +167,31 @@ def get_method(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-def build_config(method: type[Method], params: dict[str, Any]) -> MethodConfig:
-    """Validate raw parameters into the method's config with one-line, specific errors."""
-    from pydantic import ValidationError
+def validated(owner: str, build: Callable[[], T]) -> T:
+    """Run ``build`` (a pydantic construction, nested ones included), turning a validation
+    error into a one-line ConfigError that names the setting."""
+    try:
+        return build()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{owner}: {where}: {msg}") from None
 
+
+def build_config(method: type[Method], params: dict[str, object]) -> MethodConfig:
+    """Validate raw parameters into the method's config with one-line, specific errors."""
     known = list(method.Config.model_fields)
     for key in params:
         if key not in known:
             raise ConfigError(
                 f"{method.name}: unknown parameter '{key}' (known: {', '.join(known)})"
             )
-    try:
-        return method.Config(**params)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        msg = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{method.name}: {where}: {msg}") from None
+    return validated(method.name, lambda: method.Config(**params))
+
+
+def make_step(name: str, params: dict[str, object]) -> Method:
+    """The registered method ``name`` with validated settings (nested configs included)."""
+    method_cls = get_method(name)
+    config = build_config(method_cls, params)
+    return validated(name, lambda: method_cls(config))

@@ -10,11 +10,10 @@ after it normalizing a constant with stale statistics (see ``reestimate_batchnor
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
+from pqorder.core import Need, StepContext
 from pqorder.methods.base import Fraction, MethodConfig, UnitMethod, register
 from pqorder.methods.masks import prune_lowest
 from pqorder.models.vision import reestimate_batchnorm
@@ -52,8 +51,8 @@ class Filters(UnitMethod):
         return "output channel"
 
     @property
-    def needs_calibration(self) -> bool:  # images for the BatchNorm re-estimation
-        return self.config.bn
+    def needs(self) -> Need:  # images for the BatchNorm re-estimation, no statistics
+        return Need.INPUTS if self.config.bn else Need.NOTHING
 
     def compress_unit(
         self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None
@@ -63,6 +62,6 @@ class Filters(UnitMethod):
         )
         return new.project(w), new
 
-    def finish(self, lm: Any, calibration: Tensor | None) -> None:
+    def finish(self, ctx: StepContext) -> None:
         if self.config.bn:
-            reestimate_batchnorm(lm.model, calibration)
+            reestimate_batchnorm(ctx.lm.model, ctx.calibration)

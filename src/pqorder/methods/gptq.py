@@ -16,10 +16,11 @@ import torch
 from pydantic import model_validator
 from torch import Tensor
 
-from pqorder.grid import QuantGrid, fit_grid
+from pqorder.core import Need
 from pqorder.methods.base import register
 from pqorder.methods.obs import SolverSettings, solve
 from pqorder.methods.rtn import RTN, QuantConfig
+from pqorder.quantgrid import QuantGrid, fit_grid
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
@@ -71,7 +72,7 @@ class GPTQ(RTN):
     name = "gptq"
     summary = "GPTQ/OPTQ: column-wise quantization with Hessian error feedback, calibrated"
     Config = GPTQConfig
-    needs_calibration = True
+    requires = Need.STATISTICS
 
     def compress_unit(
         self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None

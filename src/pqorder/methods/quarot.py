@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Literal
 
-from torch import Tensor
-
+from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.methods.actquant import ActQuantConfig, install_activation_quant
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.methods.gptq import GPTQ, GPTQConfig
-from pqorder.methods.rotation import check_rotation, rotate_model
+from pqorder.methods.rotate import check_rotation, rotate_model
 from pqorder.methods.rtn import RTN, QuantConfig
 from pqorder.state import Rotation
 
@@ -59,8 +58,8 @@ class QuaRot(ModelMethod):
         )
 
     @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]
-        return self.weights.needs_calibration
+    def needs(self) -> Need:
+        return self.weights.needs
 
     @property
     def granularity(self) -> str:
@@ -69,18 +68,15 @@ class QuaRot(ModelMethod):
     def check_unit(self, name: str, shape: tuple[int, int]) -> None:
         self.weights.check_unit(name, shape)
 
-    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         check_rotation(lm, earlier, force=False)
 
-    def apply(
-        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
-    ) -> ModelOutcome:
-        from pqorder.engine import compress_units  # the engine imports the method registry
-
+    def apply(self, ctx: StepContext) -> ModelOutcome:
+        lm = ctx.lm
         rotation = Rotation("hadamard", self.config.seed, online=True)
         rotate_model(lm, rotation)
         label = f"{self.name} weights ({self.weights.name}:bits={self.weights.config.bits})"
-        outcome = compress_units(lm, self.weights, label, calibration, progress, sequential)
+        outcome = ctx.compress_units(self.weights, label)
         outcome.details["rotation"] = asdict(rotation)
         if self.activations is not None:
             act = install_activation_quant(lm, self.activations)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import field_validator
 from torch import Tensor
 
-from pqorder.grid import fit_grid
 from pqorder.methods.base import MethodConfig, UnitMethod, register
+from pqorder.quantgrid import fit_grid
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 

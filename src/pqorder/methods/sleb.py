@@ -20,23 +20,21 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from pydantic import model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pqorder.core import LoadedModel, ModelOutcome, Need, Runtime, StepContext
 from pqorder.errors import ConfigError
 from pqorder.layerwise import BlockInputs, capture_block_inputs, run_block
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import decoder_blocks
 from pqorder.state import UnitConstraint
 from pqorder.transforms import runtime, sync
 
 FINAL_NORMS = ("model.norm", "model.decoder.final_layer_norm", "transformer.ln_f")
-# greedy removal orders per model+data: (block removed, calibration perplexity after) per round
-_ORDERS: dict[str, list[tuple[int, float]]] = {}
 
 
 class SLEBConfig(MethodConfig):
@@ -124,12 +122,18 @@ def _fingerprint(model: nn.Module, tokens: Tensor, cfg: SLEBConfig) -> str:
 
 @torch.no_grad()
 def greedy_removal(
-    model: nn.Module, tokens: Tensor, count: int, cfg: SLEBConfig, progress: bool
+    rt: Runtime, model: nn.Module, tokens: Tensor, count: int, cfg: SLEBConfig, progress: bool
 ) -> tuple[list[int], list[float]]:
     """Blocks removed round by round (indices in the model as given), and the calibration
-    perplexity after each round."""
-    key = _fingerprint(model, tokens, cfg)
-    rounds = list(_ORDERS.get(key, []))
+    perplexity after each round.
+
+    The greedy rounds, (block removed, calibration perplexity after), are memoized in the
+    model's runtime under a fingerprint of its weights and the samples, so a later request
+    for more blocks continues them and one for fewer costs nothing.
+    """
+    key = f"sleb:{_fingerprint(model, tokens, cfg)}"
+    memo: list[tuple[int, float]] = rt.memo.get(key, [])  # type: ignore[assignment]
+    rounds = list(memo)
     if len(rounds) < count:
         scorer = _Scorer(model, tokens, cfg.batch_size)
         original = list(range(len(scorer.blocks)))
@@ -142,7 +146,7 @@ def greedy_removal(
             best = min(scores, key=scores.get)
             rounds.append((original.pop(best), math.exp(scores[best])))
             scorer.remove(best)
-        _ORDERS[key] = rounds
+        rt.memo[key] = rounds
     return [b for b, _ in rounds[:count]], [p for _, p in rounds[:count]]
 
 
@@ -153,7 +157,7 @@ class SLEB(ModelMethod):
     granularities = "decoder block"
     summary = "SLEB: greedily remove whole blocks by calibration perplexity (first/last kept)"
     Config = SLEBConfig
-    needs_calibration = True
+    requires = Need.INPUTS  # scores blocks on the samples itself
     constrains_weights = False
     keeps_units = False
 
@@ -165,7 +169,7 @@ class SLEB(ModelMethod):
         cfg = self.config
         return cfg.blocks if cfg.blocks is not None else round(cfg.ratio * n_original)
 
-    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         t = lm.state.model
         n_original = len(runtime(lm).blocks)
         gone = len(t.removed_blocks) + sum(
@@ -184,15 +188,14 @@ class SLEB(ModelMethod):
                 f"(and at least one block)"
             )
 
-    def apply(
-        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
-    ) -> ModelOutcome:
+    def apply(self, ctx: StepContext) -> ModelOutcome:
+        lm = ctx.lm
         path, _ = decoder_blocks(lm.model)
         rt, t = runtime(lm), lm.state.model
         n_original = len(rt.blocks)
-        tokens = calibration[: self.config.samples]
+        tokens = ctx.calibration[: self.config.samples]
         positions, ppls = greedy_removal(
-            lm.model, tokens, self.count(n_original), self.config, progress
+            rt, lm.model, tokens, self.count(n_original), self.config, ctx.progress
         )
         alive = [i for i in range(n_original) if i not in t.removed_blocks]
         removed = [alive[p] for p in positions]

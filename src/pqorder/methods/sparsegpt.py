@@ -14,11 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pqorder.grid import QuantGrid
+from pqorder.core import Need
 from pqorder.methods.base import register
 from pqorder.methods.masks import parse_nm, prune_lowest
 from pqorder.methods.obs import SolverSettings, solve
 from pqorder.methods.pruner import PruneConfig, Pruner
+from pqorder.quantgrid import QuantGrid
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
@@ -73,7 +74,7 @@ class SparseGPT(Pruner):
     name = "sparsegpt"
     summary = "SparseGPT: OBS pruning with weight updates (unstructured or N:M), calibrated"
     Config = SparseGPTConfig
-    needs_calibration = True
+    requires = Need.STATISTICS
 
     def compress_unit(
         self, w: Tensor, constraint: UnitConstraint, stats: UnitStats | None

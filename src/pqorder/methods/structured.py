@@ -15,13 +15,14 @@ is rotated; scores are taken back in channel space through the known rotation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.layerwise import calibrated_units
-from pqorder.methods.base import Fraction, Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.methods.base import Fraction, Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight, set_weight
 from pqorder.models.llama import check_llama_family, head_dim
 from pqorder.state import UnitConstraint
@@ -38,7 +39,9 @@ class StructuredConfig(MethodConfig):
     always_show = ("target", "ratio")
 
 
-def _zero(lm: Any, name: str, module: nn.Module, rows: Tensor | None, cols: Tensor | None) -> None:
+def _zero(
+    lm: LoadedModel, name: str, module: nn.Module, rows: Tensor | None, cols: Tensor | None
+) -> None:
     """Mask ``rows``/``cols`` of a unit on top of its constraint, then project the weight."""
     w = get_weight(module)
     old = lm.state.get(name)
@@ -61,23 +64,23 @@ class Structured(ModelMethod):
     Config = StructuredConfig
 
     @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]
-        return self.config.score == "activation"
+    def needs(self) -> Need:  # activation norms of each block's output projection
+        return Need.STATISTICS if self.config.score == "activation" else Need.NOTHING
 
     @property
     def granularity(self) -> str:
         return "attention head" if self.config.target == "heads" else "MLP channel"
 
-    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         check_llama_family(lm.model, "structured pruning")
 
     def _blocks(
-        self, lm: Any, calibration: Tensor | None, progress: bool
+        self, lm: LoadedModel, calibration: Tensor | None, progress: bool
     ) -> Iterator[tuple[str, nn.Module, UnitStats | None]]:
         """(block prefix, block, stats of its output projection's input or None)."""
         path, blocks = decoder_blocks(lm.model)
         lead = "self_attn.o_proj" if self.config.target == "heads" else "mlp.down_proj"
-        if not self.needs_calibration:
+        if self.needs < Need.STATISTICS:
             for i, block in enumerate(blocks):
                 yield f"{path}.{i}", block, None
             return
@@ -90,13 +93,12 @@ class Structured(ModelMethod):
         k = round(self.config.ratio * scores.numel())
         return torch.argsort(scores)[:k]
 
-    def apply(
-        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
-    ) -> ModelOutcome:
+    def apply(self, ctx: StepContext) -> ModelOutcome:
+        lm = ctx.lm
         rotation = lm.state.model.rotation
         hd = head_dim(lm.model.config)
         touched = []
-        for prefix, block, stats in self._blocks(lm, calibration, progress):
+        for prefix, block, stats in self._blocks(lm, ctx.calibration, ctx.progress):
             norms = None if stats is None else stats.hessian
             if self.config.target == "heads":
                 attn = block.self_attn

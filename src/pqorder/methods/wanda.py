@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from pqorder.core import Need
 from pqorder.methods.base import register
 from pqorder.methods.pruner import ScorePruner
 from pqorder.stats import UnitStats
@@ -13,7 +14,7 @@ from pqorder.stats import UnitStats
 class Wanda(ScorePruner):
     name = "wanda"
     summary = "Wanda: |W|·‖X‖ scores per output row (unstructured) or N:M, no weight update"
-    needs_calibration = True
+    requires = Need.STATISTICS
     per_row = True
 
     def scores(self, w: Tensor, stats: UnitStats | None) -> Tensor:

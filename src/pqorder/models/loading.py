@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from pqorder.core import Kind, LoadedModel
 from pqorder.errors import AssetError
 from pqorder.models import encoder, smollm2, zoo
 from pqorder.models.vision import timm_deit_base, torchvision_resnet18
 from pqorder.state import STATE_FILE, CompressionState
+from pqorder.transforms import sync
 
 ALIASES = {smollm2.ALIAS: smollm2.prepare_checkpoint}
 CAVEATS = {smollm2.ALIAS: smollm2.CAVEAT}
@@ -26,23 +26,6 @@ VISION: dict[str, Callable[[], nn.Module]] = {
     "deit-base": timm_deit_base,
 }
 VISION_FILE = "pqorder_vision.json"  # marks a saved compressed vision model: {"arch": alias}
-Kind = str  # "causal-lm", "encoder" or "vision"
-
-
-@dataclass
-class LoadedModel:
-    """A model, its tokenizer (None for vision), and the constraints already established."""
-
-    name: str
-    model: nn.Module
-    tokenizer: object
-    state: CompressionState = field(default_factory=CompressionState)
-    runtime: Any = field(default=None, repr=False)  # pqorder.transforms.Runtime, made on demand
-    kind: Kind = "causal-lm"
-
-    @property
-    def caveat(self) -> str | None:
-        return CAVEATS.get(self.name)
 
 
 def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") -> LoadedModel:
@@ -52,15 +35,14 @@ def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") ->
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = auto.from_pretrained(source, dtype=torch.float32)
     model.eval()
-    return _with_state(LoadedModel(name, model, tokenizer, kind=kind), Path(source))
+    lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name))
+    return _with_state(lm, Path(source))
 
 
 def _with_state(lm: LoadedModel, folder: Path) -> LoadedModel:
     """Reload a saved composition state and its forward-pass transforms, if there is one."""
     path = folder / STATE_FILE
     if path.exists():
-        from pqorder.transforms import sync  # the saved forward-pass transforms come back
-
         lm.state = CompressionState.load(path)
         sync(lm)
     return lm

@@ -18,7 +18,6 @@ from pqorder.cli.app import (
     console,
     with_options,
 )
-from pqorder.errors import ConfigError
 from pqorder.pipeline import label
 
 
@@ -148,65 +147,3 @@ def eval_(
     result = _evaluate(lm, protocol, progress=not as_json, echo=not as_json)
     if as_json:
         typer.echo(json.dumps({"model": model, **result}, indent=2))
-
-
-@app.command()
-@with_options("protocol", "calibration")
-def grid(
-    model: ModelOpt = "smollm2-135m",
-    prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
-    quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
-    protocol=None,
-    calibration=None,
-) -> None:
-    """Both orders of every pruning × quantization pair: perplexity and order advantage."""
-    from pqorder.models.loading import load_model
-    from pqorder.orders import order_grid
-    from pqorder.pipeline import parse_step
-
-    if protocol.name != "perplexity":
-        raise ConfigError(
-            f"grid compares perplexities; for {protocol.name} use `pqorder search` or `sweep`"
-        )
-    prune_steps = [parse_step(s) for s in prune or ["magnitude:ratio=0.1", "magnitude:ratio=0.25"]]
-    quant_steps = [parse_step(s) for s in quant or ["rtn:bits=4,group=128", "rtn:bits=3,group=128"]]
-    for steps, family in ((prune_steps, "prune"), (quant_steps, "quantize")):
-        for s in steps:
-            if s.method.family != family:
-                raise ConfigError(f"{s.to_text()} is a {s.method.family} step, not {family}")
-    lm = load_model(model)
-    result = order_grid(lm, prune_steps, quant_steps, protocol, calibration)
-    table = Table(
-        "prune P",
-        "quant Q",
-        "P alone",
-        "Q alone",
-        "P→Q",
-        "Q→P",
-        "A(Q→P)",
-        "better order",
-        title=f"{model}: perplexity (lower is better); dense {result.dense:.2f}",
-    )
-    for r in result.pairs:
-        a = r.advantage_q_first
-        table.add_row(
-            label(r.prune),
-            label(r.quant),
-            f"{r.prune_alone:.2f}",
-            f"{r.quant_alone:.2f}",
-            f"{r.prune_then_quant:.2f}",
-            f"{r.quant_then_prune:.2f}",
-            f"{a:+.2f}",
-            "Q→P" if a > 0 else "P→Q" if a < 0 else "tie",
-        )
-    console.print(table)
-    console.print(
-        f"protocol: {protocol.dataset}, seqlen {protocol.seqlen}, "
-        f"max {protocol.max_tokens} tokens; A(Q→P) = ppl(P→Q) − ppl(Q→P)"
-    )
-    if lm.caveat:
-        console.print(f"[yellow]note:[/] {lm.caveat}")
-    if json_out:
-        doc = {"model": model, "dense": result.dense, "pairs": [p.to_dict() for p in result.pairs]}
-        json_out.write_text(json.dumps(doc, indent=2))

@@ -146,6 +146,58 @@ def search(
 
 @app.command()
 @with_options("protocol", "calibration", "study")
+def grid(
+    prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
+    quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    protocol=None,
+    calibration=None,
+    study=None,
+) -> None:
+    """Both orders of every pruning × quantization pair: each alone, P→Q, Q→P and A(Q→P)."""
+    import json
+
+    from pqorder import api
+    from pqorder.analysis.pairs import check_families
+
+    prune_steps = _steps(prune or ["magnitude:ratio=0.1", "magnitude:ratio=0.25"])
+    quant_steps = _steps(quant or ["rtn:bits=4,group=128", "rtn:bits=3,group=128"])
+    check_families(prune_steps, quant_steps)
+    s = study()
+    result = api.pair_grid(s, prune_steps, quant_steps)
+    print_pair_grid(result, s.lm.name)
+    if s.lm.caveat:
+        console.print(f"[yellow]note:[/] {s.lm.caveat}")
+    if json_out:
+        json_out.write_text(json.dumps({"model": s.lm.name, **result.to_dict()}, indent=2))
+
+
+def print_pair_grid(result, model: str) -> None:
+    def num(v: float | None) -> str:
+        return "failed" if v is None else f"{v:.4g}"
+
+    metric = result.metric
+    table = Table(
+        *("prune P", "quant Q", "P alone", "Q alone", "P→Q", "Q→P", "A(Q→P)", "better order"),
+        title=f"{model}: {metric}; dense {num(result.dense)}",
+    )
+    for r in result.pairs:
+        a = r.advantage_q_first
+        better = "-" if a is None else "Q→P" if a > 0 else "P→Q" if a < 0 else "tie"
+        table.add_row(
+            r.prune,
+            r.quant,
+            *(num(v) for v in (r.prune_alone, r.quant_alone)),
+            *(num(v) for v in (r.prune_then_quant, r.quant_then_prune)),
+            "-" if a is None else f"{a:+.4g}",
+            better,
+        )
+    console.print(table)
+    console.print(f"A(Q→P) = M(Q→P) − M(P→Q), M = {m_text(metric)}")
+
+
+@app.command()
+@with_options("protocol", "calibration", "study")
 def sweep(
     prune: Annotated[list[str], typer.Option(help="Pruning method (repeatable).")] = ["magnitude"],  # noqa: B006
     ratios: Annotated[str, typer.Option(help="Pruning ratios.")] = "0.1,0.2,0.3",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pqorder.grid import QuantGrid, fit_grid
+from pqorder.quantgrid import QuantGrid, fit_grid
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

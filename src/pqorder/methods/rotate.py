@@ -18,14 +18,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from pqorder.core import LoadedModel, ModelOutcome, StepContext
 from pqorder.errors import ConfigError, OrderError
 from pqorder.hadamard import random_rotation
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, ModelOutcome, register
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks
 from pqorder.models.llama import ATTENTION_INPUTS, MLP_INPUTS, check_llama_family, head_dim
 from pqorder.state import Rotation
@@ -41,14 +42,14 @@ class RotateConfig(MethodConfig):
     force: bool = False
 
 
-def _constrained_by(lm: Any, earlier: Sequence[Method]) -> list[str]:
+def _constrained_by(lm: LoadedModel, earlier: Sequence[Method]) -> list[str]:
     """What would lose its constraint: earlier weight-constraining steps, or stored masks/grids."""
     names = [m.name for m in earlier if m.constrains_weights]
     stored = any(c.mask is not None or c.grid is not None for c in lm.state.units.values())
     return names + (["the loaded model's masks/grids"] if stored else [])
 
 
-def check_rotation(lm: Any, earlier: Sequence[Method], force: bool) -> None:
+def check_rotation(lm: LoadedModel, earlier: Sequence[Method], force: bool) -> None:
     """The composition rules of a rotation, checked before any work."""
     check_llama_family(lm.model, "rotation")
     if lm.state.model.rotation is not None or any(m.family == "rotate" for m in earlier):
@@ -94,7 +95,7 @@ def _rotate_heads(v_proj: nn.Linear, o_proj: nn.Linear, r: Tensor) -> None:
 
 
 @torch.no_grad()
-def rotate_model(lm: Any, rotation: Rotation) -> None:
+def rotate_model(lm: LoadedModel, rotation: Rotation) -> None:
     """Fold the norms and fuse ``rotation`` into ``lm`` (LLaMA family), recording it in state."""
     model = lm.model
     lm.state.model.rotation = rotation
@@ -135,12 +136,11 @@ class Rotate(ModelMethod):
     def granularity(self) -> str:
         return "model"
 
-    def check_composition(self, lm: Any, earlier: Sequence[Method]) -> None:
+    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         check_rotation(lm, earlier, self.config.force)
 
-    def apply(
-        self, lm: Any, calibration: Tensor | None, progress: bool, sequential: bool
-    ) -> ModelOutcome:
+    def apply(self, ctx: StepContext) -> ModelOutcome:
+        lm = ctx.lm
         cfg = self.config
         if lm.state.units:
             sparsity = [c.sparsity() for c in lm.state.units.values()]

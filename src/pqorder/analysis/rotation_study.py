@@ -72,7 +72,8 @@ def run_rotation_study(
     """
     rotate = parse_step(rotation)
     grid = [(p, r) for p in pruners for r in ratios]
-    steps = {(p, r): parse_step(f"{p}{',' if ':' in p else ':'}ratio={r}") for p, r in grid}
+    templates = {p: parse_step(p, {"ratio": ratios[0]}) for p in pruners}
+    steps = {(p, r): templates[p].with_settings(ratio=r) for p, r in grid}
     for step in steps.values():  # every setting is valid before any work
         study.check((rotate, step))
     points = []

@@ -1,0 +1,107 @@
+"""Both orders of every pruning × quantization pair, through the Study.
+
+Each run is stored and each single-method prefix is computed once (the Study's prefix reuse),
+under any metric the study measures. The order advantage of quantizing first is
+A(Q→P) = M(P∘Q) − M(Q∘P): positive when Q→P wins (for perplexity, M = −perplexity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from tqdm.auto import tqdm
+
+from pqorder.errors import ConfigError
+from pqorder.methods.base import Method
+from pqorder.store import Run
+from pqorder.study import Study
+
+FORMAT = 1  # version of PairGrid.to_dict
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One (P, Q) pair: each alone and both orders, as the protocol's numbers (None: failed)."""
+
+    prune: str
+    quant: str
+    prune_alone: float | None
+    quant_alone: float | None
+    prune_then_quant: float | None
+    quant_then_prune: float | None
+    advantage_q_first: float | None  # A(Q→P) in M (higher is better)
+
+
+@dataclass(frozen=True)
+class PairGrid:
+    metric: str  # what the values are (perplexity, top-1 accuracy, ...)
+    dense: float | None
+    pairs: list[PairResult]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PairGrid:
+        if raw.get("format") != FORMAT:
+            raise ConfigError(
+                f"pair grid of format {raw.get('format')}; this pqorder reads {FORMAT}"
+            )
+        return cls(raw["metric"], raw["dense"], [PairResult(**p) for p in raw["pairs"]])
+
+
+def _value(run: Run) -> float | None:
+    return run.value if run.ok else None
+
+
+def check_families(prune_steps: Sequence[Method], quant_steps: Sequence[Method]) -> None:
+    """Each side is non-empty and of its family (raised before any work)."""
+    for steps, family in ((prune_steps, "prune"), (quant_steps, "quantize")):
+        if not steps:
+            raise ConfigError(f"a pair grid needs at least one {family} step")
+        for s in steps:
+            if s.family != family:
+                raise ConfigError(f"{s.to_text()} is a {s.family} step, not {family}")
+
+
+def pair_grid(
+    study: Study,
+    prune_steps: Sequence[Method],
+    quant_steps: Sequence[Method],
+    progress: bool = True,
+) -> PairGrid:
+    """Dense, each step alone, and both orders of every (P, Q) pair (all runs stored)."""
+    check_families(prune_steps, quant_steps)
+    for p in prune_steps:  # every order is checked before any work
+        for q in quant_steps:
+            study.check((p, q))
+            study.check((q, p))
+    runs: dict[tuple[Method, ...], Run] = {}
+    total = 2 * len(prune_steps) * len(quant_steps)
+    with tqdm(total=total, desc="pair grid", disable=not progress) as bar:
+        # first-step-major order: each first step's prefix is applied once and extended
+        for first, then in ((prune_steps, quant_steps), (quant_steps, prune_steps)):
+            for a in first:
+                runs[(a,)] = study.evaluate((a,))
+                for b in then:
+                    runs[(a, b)] = study.evaluate((a, b))
+                    bar.update()
+    pairs = []
+    for p in prune_steps:
+        for q in quant_steps:
+            pq, qp = runs[(p, q)], runs[(q, p)]
+            adv = qp.metric - pq.metric if pq.ok and qp.ok else None
+            pairs.append(
+                PairResult(
+                    p.label(),
+                    q.label(),
+                    _value(runs[(p,)]),
+                    _value(runs[(q,)]),
+                    _value(pq),
+                    _value(qp),
+                    adv,
+                )
+            )
+    dense = study.dense_run()
+    return PairGrid(dense.metric_name, _value(dense), pairs)
