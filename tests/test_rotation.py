@@ -113,12 +113,12 @@ def test_kv_quant_rounds_keys_and_values_per_head(tiny, monkeypatch):
 
 def test_rotation_after_pruning_is_refused_with_the_reason(tiny):
     with pytest.raises(OrderError, match="pruned zeros become dense"):
-        check_pipeline(tiny, parse_pipeline("magnitude:ratio=0.3 > rotate"))
+        check_pipeline(tiny, parse_pipeline("magnitude:ratio=0.3 > rotate").steps)
     with pytest.raises(OrderError, match="force=true"):
-        check_pipeline(tiny, parse_pipeline("rtn:bits=4 > rotate"))
+        check_pipeline(tiny, parse_pipeline("rtn:bits=4 > rotate").steps)
     with pytest.raises(ConfigError, match="already rotated"):
-        check_pipeline(tiny, parse_pipeline("rotate > quarot:weights=rtn"))
-    check_pipeline(tiny, parse_pipeline("sleb:blocks=1,keep_first=0,keep_last=0 > rotate"))
+        check_pipeline(tiny, parse_pipeline("rotate > quarot:weights=rtn").steps)
+    check_pipeline(tiny, parse_pipeline("sleb:blocks=1,keep_first=0,keep_last=0 > rotate").steps)
 
 
 def test_forced_rotation_drops_the_sparsity_and_says_so(tiny):
@@ -175,6 +175,6 @@ def test_rotation_names_an_unsupported_model_type():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     lm = LoadedModel("gpt2-tiny", model, None)
     with pytest.raises(ConfigError, match="'gpt2' is not one of them"):
-        check_pipeline(lm, parse_pipeline("rotate"))
+        check_pipeline(lm, parse_pipeline("rotate").steps)
     with pytest.raises(ConfigError, match="'gpt2'"):
-        check_pipeline(lm, parse_pipeline("structured:target=heads"))
+        check_pipeline(lm, parse_pipeline("structured:target=heads").steps)

@@ -109,13 +109,13 @@ def test_shorter_request_reuses_the_greedy_order(model6, six, monkeypatch):
 def test_too_many_blocks_fail_before_work(model6):
     lm, _ = model6
     with pytest.raises(ConfigError, match="cannot remove 5 blocks"):
-        check_pipeline(lm, parse_pipeline("sleb:blocks=5"))
+        check_pipeline(lm, parse_pipeline("sleb:blocks=5").steps)
     with pytest.raises(ConfigError, match="cannot remove 6 blocks"):
-        check_pipeline(lm, parse_pipeline("sleb:blocks=6,keep_first=0,keep_last=0"))
+        check_pipeline(lm, parse_pipeline("sleb:blocks=6,keep_first=0,keep_last=0").steps)
     with pytest.raises(ConfigError, match="cannot remove 3 blocks"):
-        check_pipeline(lm, parse_pipeline("sleb:blocks=2 > sleb:blocks=3"))
+        check_pipeline(lm, parse_pipeline("sleb:blocks=2 > sleb:blocks=3").steps)
     with pytest.raises(ConfigError, match="is 0 blocks"):
-        check_pipeline(lm, parse_pipeline("sleb:ratio=0.01"))
+        check_pipeline(lm, parse_pipeline("sleb:ratio=0.01").steps)
     with pytest.raises(ConfigError, match="exactly one of ratio or blocks"):
         parse_pipeline("sleb:ratio=0.2,blocks=1")
 

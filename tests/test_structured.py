@@ -84,4 +84,4 @@ def test_bad_structured_settings_and_models_fail_before_work():
             parse_pipeline(bad)
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(ConfigError, match=r"structured pruning supports .*'gpt2'"):
-        check_pipeline(LoadedModel("gpt2-tiny", model, None), parse_pipeline("structured"))
+        check_pipeline(LoadedModel("gpt2-tiny", model, None), parse_pipeline("structured").steps)

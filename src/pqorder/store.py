@@ -4,6 +4,12 @@ Rows are keyed by a content hash of (model, calibration, protocol, pipeline, eng
 so a rerun of a sweep or search finds what is already stored and skips it; a killed process
 loses only the run in flight. A file that is not a pqorder store, or comes from a newer
 schema, is refused with a clear error and never overwritten.
+
+Schema v2 stores what a run measured without naming any metric specially: the protocol's
+metric name, its value, which direction is better, and M (higher is better). A v1 store (a
+``perplexity`` column beside M) is migrated in place when opened: the file is first copied
+to ``<name>.v1.bak``, then every run is rewritten in one transaction, so a failure leaves
+the v1 store as it was. Analyses keep their payloads; each payload names its own format.
 """
 
 from __future__ import annotations
@@ -11,19 +17,26 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import shutil
 import socket
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from pqorder.errors import PqorderError
+from pqorder.formats import check_format
 from pqorder.paths import cache_dir
+from pqorder.tables import Table
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+SCHEMA_VERSION = 2
+RUN_FORMAT = 2  # version of Run.to_dict (1: the perplexity-column form of schema v1)
+Direction = Literal["lower", "higher"]  # which values of a metric are better
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
     created TEXT NOT NULL,
@@ -33,8 +46,10 @@ CREATE TABLE IF NOT EXISTS runs (
     n_steps INTEGER NOT NULL,
     calibration TEXT,
     protocol TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    value REAL,
+    direction TEXT NOT NULL,
     metric REAL,
-    perplexity REAL,
     status TEXT NOT NULL,
     error TEXT,
     steps TEXT NOT NULL,
@@ -42,16 +57,16 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_rss_mb REAL,
     versions TEXT NOT NULL,
     host TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_study ON runs (study);
-CREATE TABLE IF NOT EXISTS analyses (
+)""",
+    "CREATE INDEX IF NOT EXISTS runs_study ON runs (study)",
+    """CREATE TABLE IF NOT EXISTS analyses (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created TEXT NOT NULL,
     study TEXT NOT NULL,
     kind TEXT NOT NULL,
     payload TEXT NOT NULL
-);
-"""
+)""",
+)
 COLUMNS = (
     "id",
     "key",
@@ -62,8 +77,10 @@ COLUMNS = (
     "n_steps",
     "calibration",
     "protocol",
+    "metric_name",
+    "value",
+    "direction",
     "metric",
-    "perplexity",
     "status",
     "error",
     "steps",
@@ -79,9 +96,14 @@ class StoreError(PqorderError):
     """The run store file cannot be used as it is."""
 
 
-def m_text(metric: str) -> str:
-    """How M is written for a metric: −perplexity, or the (higher-is-better) metric itself."""
-    return "−perplexity" if metric == "perplexity" else metric
+def m_text(metric_name: str, direction: Direction) -> str:
+    """How M is written: the metric itself when higher is better, else its negation."""
+    return metric_name if direction == "higher" else f"−{metric_name}"
+
+
+def v1_direction(metric_name: str) -> Direction:
+    """The direction schema v1 and format-1 results implied: only perplexity fell."""
+    return "lower" if metric_name == "perplexity" else "higher"
 
 
 def default_store_path() -> Path:
@@ -104,7 +126,43 @@ def versions() -> dict[str, str]:
 
 
 @dataclass
-class Run:
+class Measurement:
+    """What one evaluation measured: the protocol's metric, its value, which way is better.
+
+    Results keep measurements (a ``Run`` is one, with its provenance), so a result read back
+    from the store needs nothing but its own payload.
+    """
+
+    metric_name: str  # perplexity, top-1 accuracy, retrieval top-1, ...
+    value: float | None  # the protocol's own number; None when the run failed
+    direction: Direction
+    status: str = "ok"  # "ok" or "failed"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def metric(self) -> float | None:
+        """M, higher is better: the value, negated when lower values are better."""
+        if self.value is None:
+            return None
+        return -self.value if self.direction == "lower" else self.value
+
+    @property
+    def perplexity(self) -> float | None:
+        """The value when the metric is perplexity, else None (a shorthand for notebooks)."""
+        return self.value if self.metric_name == "perplexity" else None
+
+
+def measured(m: Measurement) -> dict:
+    """The measurement part of a run (or a measurement) as JSON-able data."""
+    return {f.name: getattr(m, f.name) for f in fields(Measurement)}
+
+
+@dataclass(kw_only=True)
+class Run(Measurement):
     """One stored run: an ordered pipeline evaluated under a protocol."""
 
     key: str
@@ -114,10 +172,6 @@ class Run:
     n_steps: int
     calibration: dict | None
     protocol: dict
-    metric: float | None
-    perplexity: float | None
-    status: str  # "ok" or "failed"
-    error: str | None = None
     steps: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float | None = None
@@ -126,19 +180,35 @@ class Run:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     id: int | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
+    def to_dict(self) -> dict:
+        """Every field, with M spelled out for readers (``from_dict`` derives it again)."""
+        return {"format": RUN_FORMAT, **asdict(self), "metric": self.metric}
 
-    @property
-    def value(self) -> float | None:
-        """The protocol's own number: perplexity, else M itself (accuracy, top-1, ...)."""
-        return self.perplexity if self.perplexity is not None else self.metric
+    @classmethod
+    def from_dict(cls, raw: dict) -> Run:
+        """A run from ``to_dict``, or from a schema-v1 row or export (format 1)."""
+        data = {k: v for k, v in raw.items() if k != "format"}
+        if check_format("run", raw.get("format", 1), (1, RUN_FORMAT)) == 1:
+            ppl = data.pop("perplexity")
+            name = data["protocol"].get("task", "perplexity")
+            value = ppl if ppl is not None else data["metric"]
+            data.update(metric_name=name, value=value, direction=v1_direction(name))
+        data.pop("metric", None)
+        return cls(**data)
 
-    @property
-    def metric_name(self) -> str:
-        """What ``value`` is: the protocol's task, or perplexity for text protocols."""
-        return self.protocol.get("task", "perplexity")
+
+def runs_table(runs: Sequence[Run], metric_name: str | None = None) -> Table:
+    """Runs of one study under its metric, or (no ``metric_name``) of any study and metric."""
+    if metric_name is not None:
+        columns = ("id", "pipeline", metric_name, "status", "seconds")
+        rows = [(r.id, r.pipeline, r.value, r.status, round(r.seconds, 1)) for r in runs]
+    else:
+        columns = ("id", "study", "model", "pipeline", "metric", "value", "status", "seconds")
+        rows = [
+            (r.id, r.study, r.model, r.pipeline, r.metric_name, r.value, r.status, r.seconds)
+            for r in runs
+        ]
+    return Table("runs", columns, tuple(rows))
 
 
 class RunStore:
@@ -150,10 +220,11 @@ class RunStore:
         existed = self.path.exists() and self.path.stat().st_size > 0
         try:
             self._conn = sqlite3.connect(self.path, timeout=30)
-            if existed:
-                self._check_schema()
+            if existed and self._check_schema() == 1:
+                self._migrate_v1()
             with self._conn:
-                self._conn.executescript(_SCHEMA)
+                for statement in _TABLES:
+                    self._conn.execute(statement)
                 self._conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -164,19 +235,75 @@ class RunStore:
                 "move it away or pass another --store path"
             ) from exc
 
-    def _check_schema(self) -> None:
+    def _check_schema(self) -> int:
+        """The schema version of an existing file, refusing foreign and newer files."""
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
         if "meta" not in tables:
             raise StoreError(
                 f"{self.path} is an SQLite file but not a pqorder run store; it was left "
                 "untouched — pass another --store path"
             )
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None or int(row[0]) > SCHEMA_VERSION:
+        version = self._version()
+        if version is None or version > SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path} has schema version {row[0] if row else '?'}, newer than this "
+                f"{self.path} has schema version {version or '?'}, newer than this "
                 f"pqorder understands ({SCHEMA_VERSION}); upgrade pqorder or use another --store"
             )
+        return version
+
+    def _version(self) -> int | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
+    def _migrate_v1(self) -> None:
+        """Rewrite a schema-v1 store as v2 in one transaction, after backing the file up.
+
+        Every run keeps its id, key and fields; v1's ``perplexity`` becomes the value of a
+        perplexity run (M stays as it was). Analyses are not touched.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")  # no other process writes until this commits
+        with conn:  # commits at the end, rolls everything back on any error
+            if self._version() != 1:  # another process migrated it meanwhile
+                return
+            self._backup(self.path.with_name(f"{self.path.name}.v1.bak"))
+            cursor = conn.execute("SELECT * FROM runs ORDER BY id")
+            names = [d[0] for d in cursor.description]
+            runs = [Run.from_dict(_decoded(dict(zip(names, row, strict=True)))) for row in cursor]
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+            conn.execute("DROP TABLE runs")
+            for statement in _TABLES:
+                conn.execute(statement)
+            for run in runs:
+                self._insert(_row(run))
+            if seq is not None:  # ids of deleted runs stay unused
+                conn.execute("DELETE FROM sqlite_sequence WHERE name = 'runs'")
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", seq)
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+
+    def _backup(self, backup: Path) -> None:
+        """Copy the store to ``backup``; an existing backup of other content is refused."""
+        try:
+            if backup.exists() and backup.read_bytes() != self.path.read_bytes():
+                raise StoreError(
+                    f"{self.path} needs migrating from schema v1, but {backup} exists and "
+                    "differs from it; move that file away and open the store again"
+                )
+            shutil.copyfile(self.path, backup)
+        except OSError as exc:
+            raise StoreError(f"cannot back up {self.path} before migrating it: {exc}") from exc
+
+    def _insert(self, values: dict[str, object]) -> int | None:
+        """Insert (or replace, by key) one row; the new row's id."""
+        names = list(values)
+        cur = self._conn.execute(
+            f"INSERT OR REPLACE INTO runs ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})",
+            [values[n] for n in names],
+        )
+        return cur.lastrowid
 
     def close(self) -> None:
         self._conn.close()
@@ -189,17 +316,9 @@ class RunStore:
 
     def put(self, run: Run) -> Run:
         """Insert (or replace) one run in its own transaction."""
-        values = {k: v for k, v in asdict(run).items() if k != "id"}
-        for name in JSON_COLUMNS:
-            values[name] = json.dumps(values[name])
-        names = list(values)
+        values = {k: v for k, v in _row(run).items() if k != "id"}
         with self._conn:
-            cur = self._conn.execute(
-                f"INSERT OR REPLACE INTO runs ({', '.join(names)}) "
-                f"VALUES ({', '.join('?' for _ in names)})",
-                [values[n] for n in names],
-            )
-        run.id = cur.lastrowid
+            run.id = self._insert(values)
         return run
 
     def put_analysis(self, study: str, kind: str, payload: dict) -> None:
@@ -246,24 +365,32 @@ class RunStore:
     def export(self, runs: list[Run], path: Path) -> None:
         """CSV or JSON by the file's suffix, written atomically."""
         tmp = path.with_name(f".{path.name}.tmp")
-        records = [asdict(r) for r in runs]
         if path.suffix == ".json":
-            tmp.write_text(json.dumps(records, indent=2))
+            tmp.write_text(json.dumps([r.to_dict() for r in runs], indent=2))
         elif path.suffix == ".csv":
             with tmp.open("w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
                 writer.writeheader()
-                for rec in records:
-                    writer.writerow(
-                        {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in rec.items()}
-                    )
+                writer.writerows(_row(r) for r in runs)
         else:
             raise PqorderError(f"export format of {path} unknown: use a .csv or .json file")
         tmp.replace(path)
 
 
-def _to_run(row: tuple) -> Run:
-    data = dict(zip(COLUMNS, row, strict=True))
+def _row(run: Run) -> dict[str, object]:
+    """The run as the values of its row (JSON columns encoded, M written out)."""
+    values = {**asdict(run), "metric": run.metric}
     for name in JSON_COLUMNS:
-        data[name] = json.loads(data[name]) if data[name] is not None else None
+        values[name] = json.dumps(values[name])
+    return {name: values[name] for name in COLUMNS}
+
+
+def _decoded(row: dict[str, object]) -> dict[str, object]:
+    """A row's values with the JSON columns parsed."""
+    return {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
+def _to_run(row: tuple) -> Run:
+    data = _decoded(dict(zip(COLUMNS, row, strict=True)))
+    del data["metric"]  # derived from value and direction
     return Run(**data)
