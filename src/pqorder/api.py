@@ -25,7 +25,7 @@ from pqorder.analysis.units import InterferenceResult, analyze_interference, den
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
-from pqorder.eval.select import calibration_source, protocol_for
+from pqorder.eval.select import calibration_for, protocol_for
 from pqorder.methods.base import Method
 from pqorder.models.loading import load_model
 from pqorder.pipeline import parse_step
@@ -52,7 +52,7 @@ def open_study(
     """
     protocol = protocol or protocol_for(model)
     protocol.validate()
-    calibration = calibration or CalibrationSpec(calibration_source(model))
+    calibration = calibration or calibration_for(model)
     calibration.validate()
     if not isinstance(store, RunStore):
         store = RunStore(store)

@@ -1,5 +1,7 @@
 """Errors raised on bad input: one line that names the problem and the fix."""
 
+from collections.abc import Collection
+
 
 class PqorderError(Exception):
     """Base class: the CLI prints the message as one line and exits non-zero."""
@@ -15,3 +17,27 @@ class AssetError(PqorderError):
 
 class OrderError(ConfigError):
     """A step cannot follow an earlier one (rotation after pruning): this order is infeasible."""
+
+
+class FormatError(PqorderError):
+    """Saved data (a result, run, composition state or cache entry) has a format version this
+    pqorder cannot read: written by a newer pqorder, or damaged."""
+
+
+def check_format(what: str, version: object, readable: Collection[int]) -> int:
+    """``version`` as an int if it is one of ``readable``, else a one-line FormatError.
+
+    Everything pqorder writes and reads back carries a format number, so data from a newer
+    pqorder is refused instead of misread; forms written before versions existed count as 1.
+    """
+    try:
+        number = int(str(version))
+    except ValueError:
+        number = None
+    if number not in readable:
+        known = ", ".join(str(v) for v in sorted(readable))
+        raise FormatError(
+            f"{what} has format {version}, but this pqorder reads format {known} only: it was "
+            "written by a newer pqorder (upgrade) or is damaged"
+        )
+    return number

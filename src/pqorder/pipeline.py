@@ -7,7 +7,6 @@ front; ``run_pipeline`` applies them in that order through the one engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,13 +41,9 @@ class Pipeline:
 
 
 def label(text: str) -> str:
-    """The short label of a step given in any text form."""
+    """The short label of a step known only by its text (step records, format-1 results):
+    re-parsed through the registry; results made now carry their labels."""
     return parse_step(text).label()
-
-
-def order_label(texts: Sequence[str]) -> str:
-    """Short labels of an order's steps, joined by the pipeline separator."""
-    return f" {STEP_SEPARATOR} ".join(label(t) for t in texts)
 
 
 def _coerce(value: str) -> Setting:

@@ -5,6 +5,10 @@ state (model-level transforms included) and the step records, under a hash of wh
 it: the model, the step texts, the engine options, and the calibration set when a calibrated
 step is among them. Loading a prefix and applying one more step gives bit-identical weights to
 a fresh run on CPU. The cache is capped in size; the least recently used prefixes are evicted first.
+
+Each entry names its format in ``entry.json``. An entry of any other format (left by an older
+or a newer pqorder) counts as absent: the prefix is recomputed and the entry replaced, since a
+cache entry can always be rebuilt.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from safetensors.torch import load_file, save_file
 
 from pqorder.core import LoadedModel
 from pqorder.engine import StepRecord
+from pqorder.errors import ConfigError
 from pqorder.paths import cache_dir
 from pqorder.snapshot import load_weights, model_weights
 from pqorder.state import CompressionState
 
-WEIGHTS = "model.safetensors"  # every parameter (older entries held unit weights only)
-DEFAULT_MAX_GB = float(os.environ.get("PQORDER_PREFIX_CACHE_GB", "8"))
+WEIGHTS = "model.safetensors"  # every parameter
+ENTRY = "entry.json"  # the format and the step records (format 1 had records.json instead)
+FORMAT = 2  # version of an entry
 
 
 def content_key(payload: dict) -> str:
@@ -34,22 +40,45 @@ def content_key(payload: dict) -> str:
 
 
 class PrefixCache:
-    def __init__(self, root: Path | None = None, max_gb: float = DEFAULT_MAX_GB) -> None:
+    def __init__(self, root: Path | None = None, max_gb: float | None = None) -> None:
+        """A cache under ``root`` (default: the cache dir's ``prefixes``) of at most ``max_gb``
+        (default: $PQORDER_PREFIX_CACHE_GB, else 8)."""
+        if max_gb is None:
+            text = os.environ.get("PQORDER_PREFIX_CACHE_GB", "8")
+            try:
+                max_gb = float(text)
+            except ValueError:
+                raise ConfigError(
+                    f"PQORDER_PREFIX_CACHE_GB takes a size in GB, got {text!r}"
+                ) from None
         self.root = Path(root) if root else cache_dir() / "prefixes"
         self.max_bytes = int(max_gb * 2**30)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def has(self, key: str) -> bool:
+    def _records(self, key: str) -> list[dict] | None:
+        """The step records of a complete entry of this format, else None."""
         folder = self.root / key
-        return (folder / "records.json").exists() and (folder / WEIGHTS).exists()
+        try:
+            entry = json.loads((folder / ENTRY).read_text())
+        except (OSError, ValueError):
+            return None
+        if entry.get("format") != FORMAT or not (folder / WEIGHTS).exists():
+            return None
+        return entry["records"]
+
+    def has(self, key: str) -> bool:
+        return self._records(key) is not None
 
     def load(self, key: str, lm: LoadedModel) -> list[StepRecord]:
         """Put the cached prefix into ``lm`` (structure, weights, constraints); return records."""
         folder = self.root / key
+        records = self._records(key)
+        if records is None:
+            raise KeyError(f"no prefix {key} of format {FORMAT} in {self.root}")
         state = CompressionState.load(folder / "state.safetensors")
         load_weights(lm, state, load_file(str(folder / WEIGHTS)))
         os.utime(folder)  # recently used
-        return [StepRecord(**r) for r in json.loads((folder / "records.json").read_text())]
+        return [StepRecord(**r) for r in records]
 
     def save(self, key: str, lm: LoadedModel, records: list[StepRecord]) -> None:
         """Write atomically (temp dir, then rename), then evict down to the size cap."""
@@ -60,7 +89,8 @@ class PrefixCache:
         try:
             save_file(model_weights(lm), str(tmp / WEIGHTS))
             lm.state.save(tmp / "state.safetensors")
-            (tmp / "records.json").write_text(json.dumps([r.to_dict() for r in records]))
+            entry = {"format": FORMAT, "records": [r.to_dict() for r in records]}
+            (tmp / ENTRY).write_text(json.dumps(entry))
             tmp.rename(self.root / key)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

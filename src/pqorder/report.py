@@ -1,36 +1,33 @@
 """Reports from the run store: Markdown and HTML, with the sweep plot beside them.
 
 A report is a list of blocks (heading, text, table, image) rendered twice, so both formats
-always say the same thing.
+always say the same thing. Stored analyses are read back as their result objects, whose
+tables (``pqorder.tables``) are the ones the CLI prints.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pqorder.analysis.pairs import PairGrid
+from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.rotation_study import RotationStudy, plot_rotation
-from pqorder.analysis.sweep import SweepPoint, SweepResult, plot_sweep
+from pqorder.analysis.search import SearchResult
+from pqorder.analysis.sweep import SweepResult, plot_sweep
+from pqorder.analysis.units import InterferenceResult, interference_table
 from pqorder.errors import PqorderError
 from pqorder.models.loading import CAVEATS
 from pqorder.models.zoo import trained_record
-from pqorder.pipeline import label, order_label
-from pqorder.store import RunStore, m_text
+from pqorder.store import RunStore, m_text, runs_table
+from pqorder.tables import cell
 
 
 @dataclass
 class Block:
     kind: str  # "h2", "p", "list", "table", "image"
-    content: object
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.1f}"
-    return str(value)
+    content: object  # text, a list of items, an image file name, or a Table
 
 
 def _latest(analyses: list[dict], kind: str) -> dict | None:
@@ -38,130 +35,79 @@ def _latest(analyses: list[dict], kind: str) -> dict | None:
     return found[-1] if found else None
 
 
-def _recommend_blocks(rec: dict) -> list[Block]:
-    rows = [
-        [
-            label(m["step"]),
-            m["family"],
-            m["granularity"],
-            m["value"],
-            m["cer"] if m["cer"] is not None else m["cer_status"],
-        ]
-        for m in rec["methods"]
-    ]
+def _recommend_blocks(rec: Recommendation) -> list[Block]:
+    dense = rec.intensity.dense
     blocks = [
         Block("h2", "Intensity and recommendation"),
         Block(
             "p",
-            f"Dense {rec['metric_name']} {_fmt(rec['dense_value'])}. Recommended order "
-            f"(weaker first): **{order_label(rec['order'])}**; confidence "
-            f"{rec['confidence']} (CER gaps {', '.join(_fmt(g) for g in rec['cer_gaps'])}).",
+            f"Dense {dense.metric_name} {cell(dense.value)}. Recommended order "
+            f"(weaker first): **{rec.order_label}**; confidence "
+            f"{rec.confidence} (CER gaps {', '.join(cell(g) for g in rec.cer_gaps)}).",
         ),
-        Block(
-            "table",
-            (["method", "family", "granularity", f"{rec['metric_name']} alone", "CER C*"], rows),
-        ),
+        Block("table", rec.table()),
     ]
-    if rec["warnings"]:
-        blocks += [Block("p", "Warnings:"), Block("list", rec["warnings"])]
+    if rec.warnings:
+        blocks += [Block("p", "Warnings:"), Block("list", rec.warnings)]
     return blocks
 
 
-def _search_blocks(res: dict, metric: str) -> list[Block]:
-    rows = [[order_label(o["order"]), o["value"], o["status"]] for o in res["orders"]]
-    spend = res["spend"]
-    verdict = {True: "yes", False: "no", None: "not checked"}[res["pih_was_best"]]
+def _search_blocks(res: SearchResult) -> list[Block]:
+    spend = res.spend
+    verdict = {True: "yes", False: "no", None: "not checked"}[res.pih_was_best]
     return [
         Block("h2", "Order search"),
-        Block("table", (["order", metric, "status"], rows)),
+        Block("table", res.table()),
         Block(
             "p",
-            f"Best order: **{order_label(res['best'])}**. Was the PIH recommendation "
-            f"the best? {verdict}. Steps applied {spend['applied_steps']} vs "
-            f"{spend['naive_steps']} without reuse "
-            f"({spend['cache_hits']} prefix-cache hits, {spend['stored_hits']} stored runs).",
+            f"Best order: **{res.order_label(res.best)}**. Was the PIH recommendation "
+            f"the best? {verdict}. Steps applied {spend.applied_steps} vs "
+            f"{res.naive_steps} without reuse "
+            f"({spend.cache_hits} prefix-cache hits, {spend.stored_hits} stored runs).",
         ),
-        Block(
-            "table",
-            (["pair", f"A ({m_text(metric)})"], [[k, v] for k, v in res["advantages"].items()]),
-        ),
+        Block("table", res.advantage_table()),
     ]
 
 
-def _sweep_blocks(sweep: dict, folder: Path) -> list[Block]:
-    points = [SweepPoint(**{k: v for k, v in p.items() if k != "cer_gap"}) for p in sweep["points"]]
-    metric = sweep.get("metric", "perplexity")
-    image = plot_sweep(SweepResult(points, sweep["rho"], metric), folder / "sweep.png")
-    rows = [
-        [
-            p.prune,
-            p.ratio,
-            p.bits,
-            p.value_prune_then_quant,
-            p.value_quant_then_prune,
-            p.cer_gap,
-            p.advantage_q_first,
-            "yes" if p.collapse else "",
-        ]
-        for p in points
-    ]
-    rho = ", ".join(f"{k}: {_fmt(v)}" for k, v in sweep["rho"].items())
+def _sweep_blocks(sweep: SweepResult, folder: Path) -> list[Block]:
+    image = plot_sweep(sweep, folder / "sweep.png")
+    rho = ", ".join(f"{k}: {cell(v)}" for k, v in sweep.rho.items())
     return [
         Block("h2", "Sweep: order advantage vs. CER gap"),
         Block("p", f"Spearman ρ between A(Q→P) and C*_P − C_Q — {rho}."),
         Block("image", image.name),
-        Block(
-            "table",
-            (
-                [
-                    *("pruner", "ratio", "bits", f"P→Q {metric}", f"Q→P {metric}"),
-                    *("CER gap", "A(Q→P)", "collapse"),
-                ],
-                rows,
-            ),
-        ),
+        Block("table", sweep.table()),
     ]
 
 
-def _rotation_blocks(items: list[dict], folder: Path) -> list[Block]:
+def _grid_blocks(grid: PairGrid) -> list[Block]:
+    return [
+        Block("h2", "Pair grid: both orders of every pruning × quantization pair"),
+        Block("p", f"A(Q→P) = M(Q→P) − M(P→Q), M = {grid.m_text}; dense {cell(grid.dense)}."),
+        Block("table", grid.table()),
+    ]
+
+
+def _rotation_blocks(studies: list[RotationStudy], folder: Path) -> list[Block]:
     """Every stored rotation study of the study, merged (the latest point per pruner/ratio)."""
-    studies = [RotationStudy.from_dict(i) for i in items]
     points = {(p.pruner, p.ratio): p for s in studies for p in s.points}
-    merged = RotationStudy(
-        studies[-1].rotation,
-        studies[-1].dense_ppl,
-        studies[-1].rotated_ppl,
-        sorted(points.values(), key=lambda p: (p.pruner, p.ratio)),
-    )
+    merged = replace(studies[-1], points=sorted(points.values(), key=lambda p: (p.pruner, p.ratio)))
     image = plot_rotation(merged, folder / "rotation.png")
-    rows = [[p.pruner, p.ratio, p.ppl_plain, p.ppl_rotated, p.factor] for p in merged.points]
     return [
         Block("h2", "Pruning after rotation"),
         Block(
             "p",
-            f"Perplexity of each pruner alone and after {label(merged.rotation)} "
-            f"(dense {_fmt(merged.dense_ppl)}, rotated {_fmt(merged.rotated_ppl)}: the rotation "
+            f"Perplexity of each pruner alone and after {merged.rotation_label} "
+            f"(dense {cell(merged.dense_ppl)}, rotated {cell(merged.rotated_ppl)}: the rotation "
             f"alone keeps the function). The paper (LLaMA-3-8B, SparseGPT): 30% 6.894 → 8.504, "
             f"40% 8.477 → 98.213; SLEB 40% 92.848 → 93.260.",
         ),
         Block("image", image.name),
-        Block("table", (["pruner", "ratio", "plain", "after rotation", "×"], rows)),
+        Block("table", merged.table()),
     ]
 
 
-def _interference_blocks(items: list[dict]) -> list[Block]:
-    rows = [
-        [
-            label(i["prune"]),
-            label(i["quant"]),
-            i["measured"],
-            i["predicted"],
-            i["interference"],
-            i["kappa"],
-            f"{i['order_dependent_units']}/{i['units']}",
-        ]
-        for i in items
-    ]
+def _interference_blocks(items: list[InterferenceResult]) -> list[Block]:
     return [
         Block("h2", "Order-dependent units and interference"),
         Block(
@@ -169,10 +115,7 @@ def _interference_blocks(items: list[dict]) -> list[Block]:
             "A predicted from per-unit output errors on dense calibration activations "
             "(κ fitted on each method alone); Δ = measured − predicted.",
         ),
-        Block(
-            "table",
-            (["P", "Q", "A measured", "A predicted", "Δ", "κ", "order-dependent units"], rows),
-        ),
+        Block("table", interference_table(items)),
     ]
 
 
@@ -192,7 +135,7 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
                 f"model: {first.model}",
                 f"evaluation: {first.protocol}",
                 f"calibration: {calibration or 'none needed'}",
-                f"metric M = {m_text(metric)} (higher is better); "
+                f"metric M = {m_text(metric, first.direction)} (higher is better); "
                 "A(f1→f2) = M(f1 then f2) − M(f2 then f1)",
             ],
         ),
@@ -202,20 +145,21 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
     if record := trained_record(first.model):
         blocks.append(Block("p", f"Built-in vision model trained by pqorder: {record}"))
     if rec := _latest(analyses, "recommend"):
-        blocks += _recommend_blocks(rec)
-    if res := _latest(analyses, "search"):
-        blocks += _search_blocks(res, metric)
+        blocks += _recommend_blocks(Recommendation.from_dict(rec))
+    if res := _latest(analyses, "search"):  # format-1 searches did not name their metric
+        blocks += _search_blocks(SearchResult.from_dict(res, metric_name=metric))
     if sweep := _latest(analyses, "sweep"):
-        blocks += _sweep_blocks(sweep, folder)
+        blocks += _sweep_blocks(SweepResult.from_dict(sweep), folder)
+    if grid := _latest(analyses, "grid"):
+        blocks += _grid_blocks(PairGrid.from_dict(grid))
     if items := [a["payload"] for a in analyses if a["kind"] == "interference"]:
-        blocks += _interference_blocks(items)
+        blocks += _interference_blocks([InterferenceResult.from_dict(i) for i in items])
     if items := [a["payload"] for a in analyses if a["kind"] == "rotation"]:
-        blocks += _rotation_blocks(items, folder)
+        blocks += _rotation_blocks([RotationStudy.from_dict(i) for i in items], folder)
     failed = [r for r in runs if not r.ok]
-    rows = [[r.id, r.pipeline, r.value, r.status, round(r.seconds, 1)] for r in runs]
     blocks += [
         Block("h2", f"All runs ({len(runs)}, {len(failed)} failed)"),
-        Block("table", (["id", "pipeline", metric, "status", "seconds"], rows)),
+        Block("table", runs_table(runs, metric)),
     ]
     blocks += (
         [Block("list", [f"run {r.id} {r.pipeline}: {r.error}" for r in failed])] if failed else []
@@ -235,9 +179,7 @@ def to_markdown(title: str, blocks: list[Block]) -> str:
         elif b.kind == "image":
             out += [f"![{b.content}]({b.content})", ""]
         else:
-            header, rows = b.content
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows] + [""]
+            out += b.content.markdown()
     return "\n".join(out)
 
 
@@ -262,12 +204,7 @@ def to_html(title: str, blocks: list[Block]) -> str:
         elif b.kind == "image":
             out.append(f"<img src='{e(str(b.content))}' alt='plot'>")
         else:
-            header, rows = b.content
-            head = "".join(f"<th>{e(h)}</th>" for h in header)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
-            )
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            out.append(b.content.html())
     return "\n".join(out)
 
 

@@ -7,6 +7,9 @@ and forward hooks are rebuilt from it by ``pqorder.transforms.sync``.
 ``UnitConstraint.project`` is the single projection function: it puts a weight matrix back
 on the unit's grid and zeroes its pruned entries, so any order of steps yields a model that
 satisfies all of them. Masks are stored, never re-inferred from zeros.
+
+A saved state names its format in the safetensors metadata; states saved before formats were
+named are format 1 (the same layout), and any other format is refused with one line.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from pqorder.errors import check_format
 from pqorder.quantgrid import QuantGrid
 
 STATE_FILE = "pqorder_state.safetensors"
+STATE_FORMAT = 1  # version of the layout CompressionState.save writes
 
 
 @dataclass
@@ -106,19 +111,23 @@ class CompressionState:
         self.units[name] = constraint
 
     def save(self, path: Path) -> None:
+        """Masks and grids as tensors; model transforms and the format in the metadata."""
         tensors: dict[str, Tensor] = {}
         for name, c in self.units.items():
             if c.mask is not None:
                 tensors[f"{name}.mask"] = c.mask.to(torch.uint8).contiguous()
             if c.grid is not None:
                 tensors.update(c.grid.to_tensors(f"{name}.grid"))
-        save_file(tensors, str(path), metadata={"model": self.model.to_json()})
+        meta = {"format": str(STATE_FORMAT), "model": self.model.to_json()}
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> CompressionState:
-        tensors = load_file(str(path))
+        """A state written by ``save`` (refused with one line if of an unknown format)."""
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+        check_format(f"composition state {path}", meta.get("format", 1), (STATE_FORMAT,))
+        tensors = load_file(str(path))
         names = {k.rsplit(".mask", 1)[0] for k in tensors if k.endswith(".mask")}
         names |= {k.rsplit(".grid.", 1)[0] for k in tensors if ".grid." in k}
         state = cls()

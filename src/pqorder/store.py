@@ -26,8 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pqorder.errors import PqorderError
-from pqorder.formats import check_format
+from pqorder.errors import PqorderError, check_format
 from pqorder.paths import cache_dir
 from pqorder.tables import Table
 
@@ -199,15 +198,16 @@ class Run(Measurement):
 
 def runs_table(runs: Sequence[Run], metric_name: str | None = None) -> Table:
     """Runs of one study under its metric, or (no ``metric_name``) of any study and metric."""
+
+    def outcome(r: Run) -> tuple[float | None, str, float]:
+        return r.value, r.status, round(r.seconds, 1)
+
     if metric_name is not None:
         columns = ("id", "pipeline", metric_name, "status", "seconds")
-        rows = [(r.id, r.pipeline, r.value, r.status, round(r.seconds, 1)) for r in runs]
+        rows = [(r.id, r.pipeline, *outcome(r)) for r in runs]
     else:
         columns = ("id", "study", "model", "pipeline", "metric", "value", "status", "seconds")
-        rows = [
-            (r.id, r.study, r.model, r.pipeline, r.metric_name, r.value, r.status, r.seconds)
-            for r in runs
-        ]
+        rows = [(r.id, r.study, r.model, r.pipeline, r.metric_name, *outcome(r)) for r in runs]
     return Table("runs", columns, tuple(rows))
 
 

@@ -21,7 +21,7 @@ from pqorder.core import LoadedModel, Need
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import OrderError, PqorderError
-from pqorder.eval import Evaluator, metric_of, protocol_dict
+from pqorder.eval import Evaluator, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
 from pqorder.methods.base import Method
 from pqorder.models.adapter import weight_matrix
@@ -117,8 +117,9 @@ class Study:
             n_steps=len(steps),
             calibration=asdict(self.calibration) if needs(steps) > Need.NOTHING else None,
             protocol=protocol_dict(self.protocol),
-            metric=metric_of(self.protocol, value) if error is None else None,
-            perplexity=value if error is None and self.protocol.name == "perplexity" else None,
+            metric_name=self.protocol.name,
+            value=value if error is None else None,
+            direction="lower" if self.protocol.lower_is_better else "higher",
             status="ok" if error is None else "failed",
             error=error,
             steps=[r.to_dict() for r in self._records[: len(steps)]] if error is None else [],

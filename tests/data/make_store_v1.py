@@ -52,7 +52,9 @@ def vision_study(store: RunStore) -> None:
     lm = load_model("digits-cnn")
     calibration = CalibrationSpec("digits:train", 64, 512, 0)
     study = Study(lm, AccuracyProtocol("digits:test"), calibration, store, name="vision")
-    api.recommend(study, ["magnitude:ratio=0.5", "rtn:bits=3,group=0"], CurveOptions("rtn", (2, 3, 4)))
+    api.recommend(
+        study, ["magnitude:ratio=0.5", "rtn:bits=3,group=0"], CurveOptions("rtn", (2, 3, 4))
+    )
     api.sweep(study, ["magnitude"], [0.3, 0.5], "rtn:group=0", [2, 3])
 
 

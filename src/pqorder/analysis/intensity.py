@@ -9,13 +9,13 @@ a quantization step's own CER is its C_Q (SPEC §1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pqorder.analysis.cer import CER, RatioMapping, ReferenceCurve, Space, quant_ratio
 from pqorder.errors import ConfigError
 from pqorder.methods.base import Method
 from pqorder.pipeline import parse_step
-from pqorder.store import Run
+from pqorder.store import Measurement, Run, measured
 from pqorder.study import Study
 
 
@@ -32,20 +32,36 @@ class CurveOptions:
 
 @dataclass(frozen=True)
 class MethodIntensity:
-    step: str
+    step: str  # canonical text
+    label: str  # short label for tables
     family: str
     granularity: str
-    run: Run
+    run: Measurement  # the run of the method alone (a Run while the analysis is live)
     cer: CER
 
     @property
     def metric(self) -> float | None:
         return self.run.metric
 
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "label": self.label,
+            "family": self.family,
+            "granularity": self.granularity,
+            "run": measured(self.run),
+            "cer": asdict(self.cer),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> MethodIntensity:
+        parts = (raw["step"], raw["label"], raw["family"], raw["granularity"])
+        return cls(*parts, Measurement(**raw["run"]), CER(**raw["cer"]))
+
 
 @dataclass
 class IntensityReport:
-    dense: Run
+    dense: Measurement
     methods: list[MethodIntensity]
     curve: ReferenceCurve
     non_monotone: list[int] = field(default_factory=list)
@@ -54,15 +70,40 @@ class IntensityReport:
         """G(f_a, f_b) = M(f_a) − M(f_b)."""
         return self.methods[a].metric - self.methods[b].metric
 
+    def to_dict(self) -> dict:
+        return {
+            "dense": measured(self.dense),
+            "methods": [m.to_dict() for m in self.methods],
+            "curve": asdict(self.curve),
+            "non_monotone": self.non_monotone,
+        }
 
-def collapsed(run: Run, dense: Run, factor: float) -> bool:
-    """A collapse zone: perplexity above ``factor`` × dense, or accuracy-like M below dense /
-    ``factor`` (e.g. factor 3: top-1 under a third of the dense model's). Failed runs count."""
+    @classmethod
+    def from_dict(cls, raw: dict) -> IntensityReport:
+        curve = raw["curve"]
+        return cls(
+            Measurement(**raw["dense"]),
+            [MethodIntensity.from_dict(m) for m in raw["methods"]],
+            ReferenceCurve(
+                tuple(curve["bits"]),
+                tuple(curve["metric"]),
+                curve["mapping"],
+                curve["reference_bits"],
+                curve["space"],
+            ),
+            raw["non_monotone"],
+        )
+
+
+def collapsed(run: Measurement, dense: Measurement, factor: float) -> bool:
+    """A collapse zone: the value ``factor`` times worse than dense — above ``factor`` × dense
+    when lower is better (perplexity), below dense / ``factor`` when higher is (e.g. factor 3:
+    top-1 under a third of the dense model's). Failed runs count."""
     if not run.ok:
         return True
-    if run.perplexity is not None and dense.perplexity is not None:
-        return run.perplexity > factor * dense.perplexity
-    return run.metric < dense.metric / factor
+    if run.direction == "lower":
+        return run.value > factor * dense.value
+    return run.value < dense.value / factor
 
 
 def reference_curve(study: Study, options: CurveOptions) -> ReferenceCurve:
@@ -112,6 +153,7 @@ def measure_intensity(
         methods.append(
             MethodIntensity(
                 step.to_text(),
+                step.label(),
                 step.family,
                 step.granularity,
                 run,

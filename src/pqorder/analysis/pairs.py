@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, check_format
 from pqorder.methods.base import Method
-from pqorder.store import Run
+from pqorder.store import Direction, Run, m_text, v1_direction
 from pqorder.study import Study
+from pqorder.tables import Table, cell
 
-FORMAT = 1  # version of PairGrid.to_dict
+FORMAT = 2  # version of PairGrid.to_dict (1: without the direction; read as well)
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,35 @@ class PairGrid:
     metric: str  # what the values are (perplexity, top-1 accuracy, ...)
     dense: float | None
     pairs: list[PairResult]
+    direction: Direction  # which values of the metric are better
+
+    @property
+    def m_text(self) -> str:
+        """How M, the unit of the advantages, is written."""
+        return m_text(self.metric, self.direction)
+
+    def table(self) -> Table:
+        """Each pair: both steps alone, both orders, A(Q→P) and the better order."""
+        rows = []
+        for r in self.pairs:
+            a = r.advantage_q_first
+            better = "—" if a is None else "Q→P" if a > 0 else "P→Q" if a < 0 else "tie"
+            values = (r.prune_alone, r.quant_alone, r.prune_then_quant, r.quant_then_prune)
+            rows.append((r.prune, r.quant, *values, a, better))
+        columns = ("prune P", "quant Q", "P alone", "Q alone", "P→Q", "Q→P", "A(Q→P)")
+        title = f"{self.metric}; dense {cell(self.dense)}"
+        return Table(title, (*columns, "better order"), tuple(rows))
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> PairGrid:
-        if raw.get("format") != FORMAT:
-            raise ConfigError(
-                f"pair grid of format {raw.get('format')}; this pqorder reads {FORMAT}"
-            )
-        return cls(raw["metric"], raw["dense"], [PairResult(**p) for p in raw["pairs"]])
+        """Read ``to_dict``'s form or format 1 (its direction is the one perplexity implied)."""
+        version = check_format("pair grid", raw.get("format"), (1, FORMAT))
+        direction = raw["direction"] if version == FORMAT else v1_direction(raw["metric"])
+        pairs = [PairResult(**p) for p in raw["pairs"]]
+        return cls(raw["metric"], raw["dense"], pairs, direction)
 
 
 def _value(run: Run) -> float | None:
@@ -104,4 +123,4 @@ def pair_grid(
                 )
             )
     dense = study.dense_run()
-    return PairGrid(dense.metric_name, _value(dense), pairs)
+    return PairGrid(dense.metric_name, _value(dense), pairs, dense.direction)

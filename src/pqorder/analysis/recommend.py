@@ -10,55 +10,95 @@ is expected.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pqorder.analysis.cer import CER, ReferenceCurve
 from pqorder.analysis.intensity import (
     CurveOptions,
     IntensityReport,
+    MethodIntensity,
     collapsed,
     measure_intensity,
 )
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, check_format
 from pqorder.methods.base import Method
-from pqorder.pipeline import label
-from pqorder.store import Run
+from pqorder.pipeline import STEP_SEPARATOR, label
+from pqorder.store import Measurement, v1_direction
 from pqorder.study import Study
+from pqorder.tables import Table, cell
 
 HIGH_GAP, MEDIUM_GAP = 0.05, 0.015  # CER gaps (fraction mapping) for high / medium confidence
+FORMAT = 2  # version of Recommendation.to_dict (1: rows of numbers, no labels; read as well)
 
 
 @dataclass
 class Recommendation:
-    order: list[str]
+    order: list[str]  # step texts, weaker first
     intensity: IntensityReport
     cer_gaps: list[float | None]  # between consecutive methods of the recommended order
     confidence: str
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def order_label(self) -> str:
+        """The recommended order in short labels."""
+        labels = {m.step: m.label for m in self.intensity.methods}
+        return f" {STEP_SEPARATOR} ".join(labels[s] for s in self.order)
+
+    def table(self) -> Table:
+        """Each method alone: its family, granularity, value and CER."""
+        dense = self.intensity.dense
+        rows = []
+        for m in self.intensity.methods:
+            cer = m.cer.status if m.cer.value is None else m.cer.value
+            rows.append((m.label, m.family, m.granularity, m.run.value, cer))
+        columns = ("method", "family", "granularity", f"{dense.metric_name} alone", "CER C*")
+        title = f"intensity (dense {dense.metric_name} {cell(dense.value)})"
+        return Table(title, columns, tuple(rows))
+
     def to_dict(self) -> dict:
-        rows = [
-            {
-                "step": m.step,
-                "family": m.family,
-                "granularity": m.granularity,
-                "value": m.run.value,
-                "metric": m.metric,
-                "cer": m.cer.value,
-                "cer_status": m.cer.status,
-            }
-            for m in self.intensity.methods
-        ]
         return {
+            "format": FORMAT,
             "order": self.order,
             "confidence": self.confidence,
             "cer_gaps": self.cer_gaps,
             "warnings": self.warnings,
-            "metric_name": self.intensity.dense.metric_name,
-            "dense_value": self.intensity.dense.value,
-            "methods": rows,
-            "curve": {"bits": self.intensity.curve.bits, "metric": self.intensity.curve.metric},
+            "intensity": self.intensity.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Recommendation:
+        """Read ``to_dict``'s form, or format 1 (labels then come from the method registry)."""
+        if check_format("recommendation", raw.get("format", 1), (1, FORMAT)) == 1:
+            intensity = _intensity_v1(raw)
+        else:
+            intensity = IntensityReport.from_dict(raw["intensity"])
+        return cls(raw["order"], intensity, raw["cer_gaps"], raw["confidence"], raw["warnings"])
+
+
+def _intensity_v1(raw: dict) -> IntensityReport:
+    """The intensity a format-1 payload kept: values, CERs and the curve's points."""
+    name = raw["metric_name"]
+    direction = v1_direction(name)
+
+    def measurement(value: float | None) -> Measurement:
+        return Measurement(name, value, direction, "ok" if value is not None else "failed")
+
+    methods = [
+        MethodIntensity(
+            m["step"],
+            label(m["step"]),
+            m["family"],
+            m["granularity"],
+            measurement(m["value"]),
+            CER(m["cer"], m["cer_status"], m["metric"] if m["metric"] is not None else math.nan),
+        )
+        for m in raw["methods"]
+    ]
+    curve = ReferenceCurve(tuple(raw["curve"]["bits"]), tuple(raw["curve"]["metric"]))
+    return IntensityReport(measurement(raw["dense_value"]), methods, curve, curve.non_monotone())
 
 
 def _confidence(gaps: list[float | None]) -> str:
@@ -74,7 +114,7 @@ def _warnings(report: IntensityReport, steps: Sequence[Method], collapse: float)
     out = []
     dense = report.dense
     for m in report.methods:
-        name = label(m.step)
+        name = m.label
         if not m.run.ok:
             out.append(f"{name} failed alone: {m.run.error}")
         elif collapsed(m.run, dense, collapse):
@@ -110,7 +150,7 @@ def _warnings(report: IntensityReport, steps: Sequence[Method], collapse: float)
     return out
 
 
-def strength(run: Run) -> float:
+def strength(run: Measurement) -> float:
     """Sort key: weaker (higher M) first; failed runs count as strongest."""
     return -run.metric if run.ok else float("inf")
 

@@ -14,11 +14,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pqorder.pipeline import parse_step
+from pqorder.errors import check_format
+from pqorder.pipeline import label, parse_step
 from pqorder.study import Study
+from pqorder.tables import Table
 
 PRUNERS = ("sparsegpt", "sleb:samples=8")
 RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4)
+FORMAT = 2  # version of RotationStudy.to_dict (1: no rotation label; read as well)
 
 
 @dataclass
@@ -38,25 +41,32 @@ class RotationPoint:
 
 @dataclass
 class RotationStudy:
-    rotation: str
+    rotation: str  # step text
     dense_ppl: float | None
     rotated_ppl: float | None
     points: list[RotationPoint]
+    rotation_label: str  # short label of the rotation step
+
+    def table(self) -> Table:
+        """Each pruner and ratio without and with the rotation first, and their ratio."""
+        rows = tuple((p.pruner, p.ratio, p.ppl_plain, p.ppl_rotated, p.factor) for p in self.points)
+        columns = ("pruner", "ratio", "plain", "after rotation", "×")
+        return Table("perplexity with/without rotation", columns, rows)
 
     def to_dict(self) -> dict:
-        return {
-            "rotation": self.rotation,
-            "dense_ppl": self.dense_ppl,
-            "rotated_ppl": self.rotated_ppl,
-            "points": [{**asdict(p), "factor": p.factor} for p in self.points],
-        }
+        return {"format": FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> RotationStudy:
+        """Read ``to_dict``'s form or format 1 (the label then comes from the method registry)."""
+        if check_format("rotation study", raw.get("format", 1), (1, FORMAT)) == 1:
+            rotation_label = label(raw["rotation"])
+        else:
+            rotation_label = raw["rotation_label"]
         points = [
             RotationPoint(**{k: v for k, v in p.items() if k != "factor"}) for p in raw["points"]
         ]
-        return cls(raw["rotation"], raw["dense_ppl"], raw["rotated_ppl"], points)
+        return cls(raw["rotation"], raw["dense_ppl"], raw["rotated_ppl"], points, rotation_label)
 
 
 def run_rotation_study(
@@ -80,12 +90,13 @@ def run_rotation_study(
     for p, r in tqdm(grid, desc="rotation study", disable=not progress):
         plain = study.evaluate((steps[p, r],))
         rotated = study.evaluate((rotate, steps[p, r]))
-        points.append(RotationPoint(steps[p, r].name, r, plain.perplexity, rotated.perplexity))
+        points.append(RotationPoint(steps[p, r].name, r, plain.value, rotated.value))
     return RotationStudy(
         rotate.to_text(),
-        study.dense_run().perplexity,
-        study.evaluate((rotate,)).perplexity,
+        study.dense_run().value,
+        study.evaluate((rotate,)).value,
         points,
+        rotate.label(),
     )
 
 

@@ -9,37 +9,36 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from tqdm.auto import tqdm
 
 from pqorder.analysis.recommend import strength
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, FormatError, check_format
 from pqorder.methods.base import Method
-from pqorder.pipeline import label, parse_step
-from pqorder.store import Run
+from pqorder.pipeline import STEP_SEPARATOR, label, parse_step
+from pqorder.store import Measurement, Run, m_text, measured, v1_direction
 from pqorder.study import Spend, Study
+from pqorder.tables import Table
 
 EXHAUSTIVE_MAX = 4
+FORMAT = 2  # version of SearchResult.to_dict (1: values without their metric; read as well)
 
 
 @dataclass
 class SearchResult:
-    orders: list[tuple[tuple[str, ...], Run]]  # best first; failed runs last
-    advantages: dict[str, float]  # "a → b": mean M with a before b minus with b before a
+    orders: list[tuple[tuple[str, ...], Measurement]]  # step texts, best first; failed last
+    advantages: dict[str, float]  # "a → b" in labels: mean M with a first minus with b first
     pih_order: tuple[str, ...] | None
     exhaustive: bool
     spend: Spend  # what this search cost (stored runs and cached prefixes reused)
+    labels: dict[str, str]  # short label of every searched step, by its text
+    naive_seconds: float  # compression seconds of every evaluated order from scratch
 
     @property
     def naive_steps(self) -> int:
         """Steps needed to compress every evaluated order from scratch."""
         return sum(len(order) for order, _run in self.orders)
-
-    @property
-    def naive_seconds(self) -> float:
-        """Compression seconds of every evaluated order from scratch (from its step records)."""
-        return sum(step["seconds"] for _order, run in self.orders for step in run.steps)
 
     @property
     def best(self) -> tuple[str, ...]:
@@ -49,36 +48,71 @@ class SearchResult:
     def pih_was_best(self) -> bool | None:
         return None if self.pih_order is None else self.pih_order == self.best
 
+    def order_label(self, order: tuple[str, ...]) -> str:
+        """An order of searched steps in short labels."""
+        return f" {STEP_SEPARATOR} ".join(self.labels[s] for s in order)
+
+    def table(self) -> Table:
+        """Every evaluated order, best first, with the protocol's value."""
+        metric = self.orders[0][1].metric_name
+        rows = tuple((self.order_label(o), r.value, r.status) for o, r in self.orders)
+        return Table("orders (best first)", ("order", metric, "status"), rows)
+
+    def advantage_table(self) -> Table:
+        """Mean order advantage of each pair of steps, in M."""
+        first = self.orders[0][1]
+        column = f"A ({m_text(first.metric_name, first.direction)})"
+        return Table("pairwise order advantages", ("pair", column), tuple(self.advantages.items()))
+
     def to_dict(self) -> dict:
         return {
-            "orders": [
-                {"order": list(o), "value": r.value, "status": r.status} for o, r in self.orders
-            ],
+            "format": FORMAT,
+            "orders": [{"order": list(o), "run": measured(r)} for o, r in self.orders],
             "advantages": self.advantages,
-            "best": list(self.best),
             "pih_order": list(self.pih_order) if self.pih_order else None,
-            "pih_was_best": self.pih_was_best,
             "exhaustive": self.exhaustive,
-            "spend": {
-                **asdict(self.spend),
-                "naive_steps": self.naive_steps,
-                "naive_seconds": self.naive_seconds,
-            },
+            "spend": asdict(self.spend),
+            "labels": self.labels,
+            "naive_seconds": self.naive_seconds,
         }
+
+    @classmethod
+    def from_dict(cls, raw: dict, metric_name: str | None = None) -> SearchResult:
+        """Read ``to_dict``'s form, or format 1, which did not name its metric: pass the
+        study's as ``metric_name`` (labels then come from the method registry)."""
+        version = check_format("search result", raw.get("format", 1), (1, FORMAT))
+        spend = Spend(**{f.name: raw["spend"][f.name] for f in fields(Spend)})
+        pih = tuple(raw["pih_order"]) if raw["pih_order"] else None
+        if version == FORMAT:
+            orders = [(tuple(o["order"]), Measurement(**o["run"])) for o in raw["orders"]]
+            labels, naive_seconds = raw["labels"], raw["naive_seconds"]
+        elif metric_name is None:
+            raise FormatError("a format-1 search result needs the study's metric name to be read")
+        else:
+            direction = v1_direction(metric_name)
+            orders = [
+                (tuple(o["order"]), Measurement(metric_name, o["value"], direction, o["status"]))
+                for o in raw["orders"]
+            ]
+            labels = {s: label(s) for o in raw["orders"] for s in o["order"]}
+            naive_seconds = raw["spend"]["naive_seconds"]
+        return cls(orders, raw["advantages"], pih, raw["exhaustive"], spend, labels, naive_seconds)
 
 
 def _rank_key(item: tuple[tuple[str, ...], Run]) -> float:
     return strength(item[1])
 
 
-def _pairwise_advantages(results: dict[tuple[str, ...], Run]) -> dict[str, float]:
+def _pairwise_advantages(
+    results: dict[tuple[str, ...], Run], labels: dict[str, str]
+) -> dict[str, float]:
     names = sorted({n for order in results for n in order})
     out = {}
     for a, b in itertools.permutations(names, 2):
         before = [r.metric for o, r in results.items() if r.ok and o.index(a) < o.index(b)]
         after = [r.metric for o, r in results.items() if r.ok and o.index(a) > o.index(b)]
         if before and after and a < b:
-            out[f"{label(a)} → {label(b)}"] = statistics.mean(before) - statistics.mean(after)
+            out[f"{labels[a]} → {labels[b]}"] = statistics.mean(before) - statistics.mean(after)
     return out
 
 
@@ -123,10 +157,13 @@ def search_orders(
     else:
         results = _beam(study, steps, pih, beam_width)
     ranked = sorted(results.items(), key=_rank_key)
+    labels = {t: s.label() for t, s in by_text.items()}
     return SearchResult(
         ranked,
-        _pairwise_advantages(results),
+        _pairwise_advantages(results, labels),
         tuple(pih_order) if pih_order else None,
         exhaustive,
         study.spend.since(before),
+        labels,
+        sum(step["seconds"] for run in results.values() for step in run.steps),
     )

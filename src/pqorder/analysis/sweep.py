@@ -17,9 +17,13 @@ from tqdm.auto import tqdm
 
 from pqorder.analysis.cer import quant_ratio
 from pqorder.analysis.intensity import CurveOptions, collapsed, reference_curve
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, check_format
 from pqorder.pipeline import parse_step
+from pqorder.store import Direction, m_text, v1_direction
 from pqorder.study import Study
+from pqorder.tables import Table
+
+FORMAT = 2  # version of SweepResult.to_dict (1: no direction, derived CER gaps; read as well)
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,47 @@ class SweepResult:
     # Spearman ρ(A, CER gap) per pruning method and "all", each also without collapse points
     rho: dict[str, float | None] = field(default_factory=dict)
     metric: str = "perplexity"  # what the values are
+    direction: Direction = "lower"  # which values of the metric are better
+
+    @property
+    def m_text(self) -> str:
+        """How M, the unit of the advantages, is written."""
+        return m_text(self.metric, self.direction)
+
+    def table(self) -> Table:
+        """Both orders at every point, the CER gap and A(Q→P)."""
+        rows = tuple(
+            (
+                *(p.prune, p.ratio, p.bits, p.value_prune_then_quant, p.value_quant_then_prune),
+                *(p.cer_gap, p.advantage_q_first, "yes" if p.collapse else ""),
+            )
+            for p in self.points
+        )
+        columns = (
+            *("pruner", "ratio", "bits", f"P→Q {self.metric}", f"Q→P {self.metric}"),
+            *("CER gap", "A(Q→P)", "collapse"),
+        )
+        return Table(f"sweep ({self.metric}; A in {self.m_text})", columns, rows)
 
     def to_dict(self) -> dict:
         return {
-            "points": [{**asdict(p), "cer_gap": p.cer_gap} for p in self.points],
+            "format": FORMAT,
+            "points": [asdict(p) for p in self.points],
             "rho": self.rho,
             "metric": self.metric,
+            "direction": self.direction,
         }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> SweepResult:
+        """Read ``to_dict``'s form or format 1 (its direction is the one perplexity implied)."""
+        version = check_format("sweep result", raw.get("format", 1), (1, FORMAT))
+        metric = raw.get("metric", "perplexity")  # format 1 written before metrics had names
+        direction = raw["direction"] if version == FORMAT else v1_direction(metric)
+        points = [
+            SweepPoint(**{k: v for k, v in p.items() if k != "cer_gap"}) for p in raw["points"]
+        ]
+        return cls(points, raw["rho"], metric, direction)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -135,7 +173,7 @@ def run_sweep(
                     )
                 )
                 bar.update()
-    return SweepResult(points, _rhos(points), study.protocol.name)
+    return SweepResult(points, _rhos(points), dense.metric_name, dense.direction)
 
 
 def _rhos(points: list[SweepPoint]) -> dict[str, float | None]:
@@ -181,8 +219,7 @@ def plot_sweep(result: SweepResult, path: Path, title: str = "") -> Path:
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("CER gap  C*_P − C_Q")
-    unit = "−perplexity" if result.metric == "perplexity" else result.metric
-    ax.set_ylabel(f"order advantage  A(Q→P)  [{unit}]")
+    ax.set_ylabel(f"order advantage  A(Q→P)  [{result.m_text}]")
     rho = result.rho.get("all")
     ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
     if ax.get_legend_handles_labels()[0]:

@@ -12,15 +12,21 @@ reported as interference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
+from pqorder.errors import check_format
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method
 from pqorder.models.adapter import compressible_units, get_weight
+from pqorder.pipeline import label
 from pqorder.study import Study
+from pqorder.tables import Table
+
+FORMAT = 2  # version of InterferenceResult.to_dict (1: ten units, no labels; read as well)
 
 
 @dataclass(frozen=True)
@@ -33,34 +39,65 @@ class UnitOrderError:
 
 @dataclass
 class InterferenceResult:
-    prune: str
+    prune: str  # step texts
     quant: str
-    measured: float | None  # A(Q→P) in −perplexity
+    labels: tuple[str, str]  # short labels of P and Q
+    measured: float | None  # A(Q→P) in M
     predicted: float  # κ · Σ_u [e_PQ(u) − e_QP(u)]
     kappa: float
-    units: list[UnitOrderError]
+    units: list[UnitOrderError]  # every unit (a format-1 payload kept the ten largest)
+    unit_count: int
+    order_dependent_units: int  # units whose owner changes with the order
+
+    @classmethod
+    def of(
+        cls,
+        prune: Method,
+        quant: Method,
+        measured: float | None,
+        predicted: float,
+        kappa: float,
+        units: list[UnitOrderError],
+    ) -> InterferenceResult:
+        """The result for P and Q with every unit's errors (labels and counts filled in)."""
+        dependent = sum(u.owner_changed > 0 for u in units)
+        pair = (prune.label(), quant.label())
+        texts = (prune.to_text(), quant.to_text())
+        return cls(*texts, pair, measured, predicted, kappa, units, len(units), dependent)
 
     @property
     def interference(self) -> float | None:
         return None if self.measured is None else self.measured - self.predicted
 
-    @property
-    def order_dependent_units(self) -> int:
-        return sum(u.owner_changed > 0 for u in self.units)
-
     def to_dict(self) -> dict:
-        top = sorted(self.units, key=lambda u: -abs(u.error_p_then_q - u.error_q_then_p))[:10]
-        return {
-            "prune": self.prune,
-            "quant": self.quant,
-            "measured": self.measured,
-            "predicted": self.predicted,
-            "interference": self.interference,
-            "kappa": self.kappa,
-            "order_dependent_units": self.order_dependent_units,
-            "units": len(self.units),
-            "top_units": [asdict(u) for u in top],
-        }
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> InterferenceResult:
+        """Read ``to_dict``'s form or format 1 (labels then come from the method registry)."""
+        if check_format("interference result", raw.get("format", 1), (1, FORMAT)) == 1:
+            labels, units = (label(raw["prune"]), label(raw["quant"])), raw["top_units"]
+            counts = raw["units"], raw["order_dependent_units"]
+        else:
+            labels, units = tuple(raw["labels"]), raw["units"]
+            counts = raw["unit_count"], raw["order_dependent_units"]
+        numbers = raw["measured"], raw["predicted"], raw["kappa"]
+        found = [UnitOrderError(**u) for u in units]
+        return cls(raw["prune"], raw["quant"], labels, *numbers, found, *counts)
+
+
+def interference_table(results: Sequence[InterferenceResult]) -> Table:
+    """Measured and predicted A(Q→P), the remainder Δ, κ and the order-dependent units."""
+    rows = tuple(
+        (
+            *r.labels,
+            *(r.measured, r.predicted, r.interference, r.kappa),
+            f"{r.order_dependent_units}/{r.unit_count}",
+        )
+        for r in results
+    )
+    columns = ("P", "Q", "A measured", "A predicted", "Δ", "κ", "order-dependent units")
+    return Table("order-dependent units and interference", columns, rows)
 
 
 @torch.no_grad()
@@ -109,4 +146,4 @@ def analyze_interference(
     ]
     measured = run_qp.metric - run_pq.metric if run_pq.ok and run_qp.ok else None
     predicted = kappa * sum(u.error_p_then_q - u.error_q_then_p for u in units)
-    return InterferenceResult(prune.to_text(), quant.to_text(), measured, predicted, kappa, units)
+    return InterferenceResult.of(prune, quant, measured, predicted, kappa, units)

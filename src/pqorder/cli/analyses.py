@@ -2,61 +2,45 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from pqorder.cli.app import StoreOpt, StudyOpt, app, console, with_options
-from pqorder.pipeline import label, order_label
-from pqorder.store import m_text
+from pqorder.tables import cell
+
+if TYPE_CHECKING:
+    from pqorder.analysis.pairs import PairGrid
+    from pqorder.analysis.recommend import Recommendation
+    from pqorder.analysis.search import SearchResult
+    from pqorder.analysis.sweep import SweepResult
+    from pqorder.analysis.units import InterferenceResult
 
 MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order (repeatable).")]
 
 
-def _value(run, digits: int = 2) -> str:
-    """A run's number: perplexity with 2 decimals, accuracy-like metrics with 4."""
-    if not run.ok:
-        return "failed"
-    return f"{run.value:.{digits if run.perplexity is not None else 4}f}"
-
-
-def print_recommendation(rec) -> None:
-    dense_run = rec.intensity.dense
-    metric = dense_run.metric_name
-    table = Table(
-        "method",
-        "family",
-        "granularity",
-        f"{metric} alone",
-        "G vs dense",
-        "CER C*",
-        title=f"intensity (dense {metric} {_value(dense_run)})",
-    )
-    dense = dense_run.metric
-    for m in rec.intensity.methods:
-        gap = f"{dense - m.metric:.4g}" if m.run.ok else "failed"
-        table.add_row(label(m.step), m.family, m.granularity, _value(m.run), gap, m.cer.describe())
-    console.print(table)
+def print_recommendation(rec: Recommendation) -> None:
+    """The intensity table (the report's), the recommended order and the warnings."""
+    console.print(rec.table().rich())
     gaps = ", ".join("?" if g is None else f"{g:+.3f}" for g in rec.cer_gaps)
-    console.print(f"recommended order (weaker first): [bold]{order_label(rec.order)}[/]")
+    console.print(f"recommended order (weaker first): [bold]{escape(rec.order_label)}[/]")
     console.print(f"confidence: {rec.confidence} (CER gap {gaps})")
     for w in rec.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
-def print_search(res) -> None:
-    metric = res.orders[0][1].metric_name
-    table = Table("order", metric, "status", title="orders (best first)")
-    for order, run in res.orders:
-        table.add_row(order_label(order), _value(run) if run.ok else "-", run.status)
-    console.print(table)
-    for pair, a in res.advantages.items():
-        console.print(f"A({pair}) = {a:+.4f}  ({m_text(metric)})")
+def print_search(res: SearchResult) -> None:
+    """The orders and pairwise advantages (the report's tables), the best order, the cost."""
+    console.print(res.table().rich())
+    if res.advantages:
+        console.print(res.advantage_table().rich())
     verdict = {True: "yes", False: "no", None: "-"}[res.pih_was_best]
     s = res.spend
-    console.print(f"best: [bold]{order_label(res.best)}[/]; PIH recommendation was best: {verdict}")
+    best = escape(res.order_label(res.best))
+    console.print(f"best: [bold]{best}[/]; PIH recommendation was best: {verdict}")
     console.print(
         f"compute: {s.applied_steps} steps applied ({s.applied_seconds:.0f} s) vs "
         f"{res.naive_steps} ({res.naive_seconds:.0f} s) without reuse; "
@@ -172,28 +156,11 @@ def grid(
         json_out.write_text(json.dumps({"model": s.lm.name, **result.to_dict()}, indent=2))
 
 
-def print_pair_grid(result, model: str) -> None:
-    def num(v: float | None) -> str:
-        return "failed" if v is None else f"{v:.4g}"
-
-    metric = result.metric
-    table = Table(
-        *("prune P", "quant Q", "P alone", "Q alone", "P→Q", "Q→P", "A(Q→P)", "better order"),
-        title=f"{model}: {metric}; dense {num(result.dense)}",
-    )
-    for r in result.pairs:
-        a = r.advantage_q_first
-        better = "-" if a is None else "Q→P" if a > 0 else "P→Q" if a < 0 else "tie"
-        table.add_row(
-            r.prune,
-            r.quant,
-            *(num(v) for v in (r.prune_alone, r.quant_alone)),
-            *(num(v) for v in (r.prune_then_quant, r.quant_then_prune)),
-            "-" if a is None else f"{a:+.4g}",
-            better,
-        )
-    console.print(table)
-    console.print(f"A(Q→P) = M(Q→P) − M(P→Q), M = {m_text(metric)}")
+def print_pair_grid(result: PairGrid, model: str) -> None:
+    """The pair grid's table, titled with the model, and what A means here."""
+    table = result.table()
+    console.print(replace(table, title=f"{model}: {table.title}").rich())
+    console.print(f"A(Q→P) = M(Q→P) − M(P→Q), M = {result.m_text}")
 
 
 @app.command()
@@ -218,39 +185,11 @@ def sweep(
     console.print(f"plot: {plot}")
 
 
-def print_sweep(result) -> None:
-    table = Table(
-        "pruner",
-        "ratio",
-        "bits",
-        "P→Q",
-        "Q→P",
-        "CER gap",
-        "A(Q→P)",
-        "collapse",
-        title=f"sweep ({result.metric}; A in {m_text(result.metric)})",
-    )
-    digits = 2 if result.metric == "perplexity" else 4
-    for p in result.points:
-        table.add_row(
-            p.prune,
-            f"{p.ratio:g}",
-            str(p.bits),
-            _num(p.value_prune_then_quant, digits),
-            _num(p.value_quant_then_prune, digits),
-            _num(p.cer_gap, 3),
-            _num(p.advantage_q_first, digits, "+"),
-            "yes" if p.collapse else "",
-        )
-    console.print(table)
-    console.print(
-        "Spearman ρ(A, CER gap): "
-        + ", ".join(f"{k} {_num(v, 2)}" for k, v in sorted(result.rho.items()))
-    )
-
-
-def _num(value, digits: int = 2, sign: str = "") -> str:
-    return "-" if value is None else f"{value:{sign}.{digits}f}"
+def print_sweep(result: SweepResult) -> None:
+    """The sweep's table (the report's) and Spearman ρ per pruner."""
+    console.print(result.table().rich())
+    rho = ", ".join(f"{k} {cell(v)}" for k, v in sorted(result.rho.items()))
+    console.print(f"Spearman ρ(A, CER gap): {rho}")
 
 
 @app.command()
@@ -275,18 +214,11 @@ def interference(
     print_interference(api.interference(s, pairs))
 
 
-def print_interference(results) -> None:
-    table = Table("P", "Q", "A measured", "A predicted", "Δ interference", "order-dep. units")
-    for r in results:
-        table.add_row(
-            label(r.prune),
-            label(r.quant),
-            _num(r.measured, 3, "+"),
-            _num(r.predicted, 3, "+"),
-            _num(r.interference, 3, "+"),
-            f"{r.order_dependent_units}/{len(r.units)}",
-        )
-    console.print(table)
+def print_interference(results: list[InterferenceResult]) -> None:
+    """The interference table (the report's)."""
+    from pqorder.analysis.units import interference_table
+
+    console.print(interference_table(results).rich())
 
 
 @app.command()
@@ -299,23 +231,11 @@ def runs(
     store: StoreOpt = None,
 ) -> None:
     """List (and export) stored runs."""
-    from pqorder.store import RunStore
+    from pqorder.store import RunStore, runs_table
 
     db = RunStore(store)
     rows = db.query(study, model, status, contains)
-    table = Table("id", "study", "model", "pipeline", "metric", "value", "status", "seconds")
-    for r in rows:
-        table.add_row(
-            str(r.id),
-            r.study,
-            r.model,
-            r.pipeline,
-            r.metric_name,
-            _num(r.value, 2 if r.perplexity is not None else 4),
-            r.status,
-            f"{r.seconds:.1f}",
-        )
-    console.print(table)
+    console.print(runs_table(rows).rich())
     if export:
         db.export(rows, export)
         console.print(f"exported {len(rows)} runs to {export}")

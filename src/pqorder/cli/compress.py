@@ -67,16 +67,27 @@ def compress(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate after.")] = True,
     sequential: SequentialOpt = False,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also export the result (see 'pqorder export') to OUT-FORMAT or OUT.gguf.",
+        ),
+    ] = None,
     protocol=None,
     calibration=None,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
     from pqorder.artifacts import check_output_dir, save_compressed
+    from pqorder.export import export_model, export_path, get_format
+    from pqorder.export.atomic import check_output
     from pqorder.models.loading import load_model
     from pqorder.pipeline import resolve_pipeline, run_pipeline
 
     pipe = resolve_pipeline(pipeline)
     check_output_dir(out, overwrite)
+    if export is not None:
+        check_output(export_path(out, get_format(export)), overwrite)
     lm = load_model(model)
     if evaluate:
         protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing
@@ -107,6 +118,9 @@ def compress(
     if evaluate:
         record[protocol.name] = _evaluate(lm, protocol, progress=True)
     console.print(f"saved to {save_compressed(lm, out, record, overwrite)}")
+    if export is not None:
+        target = export_path(out, get_format(export))
+        console.print(f"exported {export} to {export_model(lm, export, target, overwrite).path}")
     if lm.caveat:
         console.print(f"[yellow]note:[/] {lm.caveat}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,11 @@ from pqorder.cli.analyses import (
     print_sweep,
 )
 from pqorder.cli.app import NoCacheOpt, StoreOpt, app, console
+
+if TYPE_CHECKING:
+    from pqorder.analysis.search import SearchResult
+    from pqorder.analysis.sweep import SweepResult
+    from pqorder.study import Study
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,9 @@ VISION_PLAN = Plan(
 )
 
 
-def _order_study(s: Any, plan: Plan, out: Path, label: str) -> tuple[Any, Any, Path]:
+def _order_study(
+    s: Study, plan: Plan, out: Path, label: str
+) -> tuple[SearchResult, SweepResult, Path]:
     """Recommend and search the pair, sweep, interference, report: (search, sweep, report)."""
     from pqorder import api
 
@@ -70,11 +77,11 @@ def _order_study(s: Any, plan: Plan, out: Path, label: str) -> tuple[Any, Any, P
     return res, sweep, api.report(s, out)
 
 
-def _summary(s: Any, plan: Plan, res: Any, sweep: Any, report: Path) -> None:
+def _summary(s: Study, plan: Plan, res: SearchResult, sweep: SweepResult, report: Path) -> None:
     from pqorder.analysis.recommend import weaker_first
     from pqorder.pipeline import parse_step
 
-    weaker = weaker_first(s, [parse_step(t) for t in plan.pair])[0].to_text()
+    weaker = weaker_first(s, [parse_step(t) for t in plan.pair])[0].label()
     rho = sweep.rho.get("all")
     console.print(
         f"{s.lm.name}: weaker method {weaker}; PIH order "

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from pqorder.cli.analyses import _floats, _num
+from pqorder.cli.analyses import _floats
 from pqorder.cli.app import app, console, with_options
+from pqorder.tables import cell
+
+if TYPE_CHECKING:
+    from pqorder.analysis.rotation_study import RotationStudy
 
 study_app = typer.Typer(help="Packaged studies (results go to the run store and the report).")
 app.add_typer(study_app, name="study")
@@ -39,16 +42,9 @@ def rotation(
     console.print(f"plot: {plot}")
 
 
-def print_rotation(result) -> None:
-    table = Table(
-        "pruner", "ratio", "plain", "after rotation", "×", title="perplexity with/without rotation"
-    )
-    for p in result.points:
-        factor = None if p.factor is None else f"{p.factor:.2f}"
-        table.add_row(
-            p.pruner, f"{p.ratio:g}", _num(p.ppl_plain), _num(p.ppl_rotated), factor or "—"
-        )
-    console.print(table)
+def print_rotation(result: RotationStudy) -> None:
+    """The rotation study's table (the report's) and the dense and rotated perplexities."""
+    console.print(result.table().rich())
     console.print(
-        f"dense {_num(result.dense_ppl)}, rotated before pruning {_num(result.rotated_ppl)}"
+        f"dense {cell(result.dense_ppl)}, rotated before pruning {cell(result.rotated_ppl)}"
     )

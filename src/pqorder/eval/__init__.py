@@ -26,16 +26,10 @@ def protocol_dict(protocol: Evaluator) -> dict[str, Any]:
     return {f.name: getattr(protocol, f.name) for f in fields(protocol) if f.name[0] != "_"}
 
 
-def metric_of(protocol: Evaluator, value: float) -> float:
-    """M (higher is better) of a protocol's number."""
-    return -value if protocol.lower_is_better else value
-
-
 __all__ = [
     "Evaluator",
     "PerplexityProtocol",
     "PerplexityResult",
     "evaluate_perplexity",
-    "metric_of",
     "protocol_dict",
 ]

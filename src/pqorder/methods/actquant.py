@@ -84,6 +84,7 @@ class ActQuant(ModelMethod):
     granularities = "token or tensor (activations), token × head (KV cache)"
     summary = "fake-quantize unit inputs (per token or tensor) and the KV cache per head"
     Config = ActQuantConfig
+    example = "actquant:bits=8"
     constrains_weights = False
 
     @property

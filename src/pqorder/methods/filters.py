@@ -45,6 +45,7 @@ class Filters(UnitMethod):
         "L1-norm filter pruning: zero whole output channels (structured), optional BN re-estimation"
     )
     Config = FilterConfig
+    example = "filters:ratio=0.25"
 
     @property
     def granularity(self) -> str:

@@ -72,6 +72,7 @@ class GPTQ(RTN):
     name = "gptq"
     summary = "GPTQ/OPTQ: column-wise quantization with Hessian error feedback, calibrated"
     Config = GPTQConfig
+    example = "gptq:bits=3,sym=true"
     requires = Need.STATISTICS
 
     def compress_unit(

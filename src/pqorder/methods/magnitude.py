@@ -13,6 +13,7 @@ from pqorder.stats import UnitStats
 class Magnitude(ScorePruner):
     name = "magnitude"
     summary = "magnitude pruning: drop the smallest |W| per layer (unstructured) or per N:M group"
+    example = "magnitude:ratio=0.5"
 
     def scores(self, w: Tensor, stats: UnitStats | None) -> Tensor:
         return w.abs()

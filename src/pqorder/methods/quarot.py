@@ -41,6 +41,7 @@ class QuaRot(ModelMethod):
     granularities = "model (rotation) + output channel/group (weights) + token (activations)"
     summary = "QuaRot(+GPTQ) presets: rotation, weight and activation/KV quantization in one step"
     Config = QuaRotConfig
+    example = "quarot:preset=W4A8,weights=rtn"
     rotates = True
     keeps_units = False
 

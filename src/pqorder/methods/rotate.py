@@ -129,6 +129,7 @@ class Rotate(ModelMethod):
     granularities = "residual stream (whole model)"
     summary = "QuaRot: fold RMSNorm, fuse a randomized Hadamard rotation into every weight"
     Config = RotateConfig
+    example = "rotate"
     rotates = True
     keeps_units = False
 

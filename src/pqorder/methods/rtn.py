@@ -41,6 +41,7 @@ class RTN(UnitMethod):
     granularities = "output channel or group"
     summary = "round-to-nearest weight quantization (min-max, asymmetric or symmetric)"
     Config = QuantConfig
+    example = "rtn:bits=3,group=32,sym=true"
 
     @property
     def granularity(self) -> str:

@@ -157,6 +157,7 @@ class SLEB(ModelMethod):
     granularities = "decoder block"
     summary = "SLEB: greedily remove whole blocks by calibration perplexity (first/last kept)"
     Config = SLEBConfig
+    example = "sleb:blocks=1,keep_first=0,samples=2"
     requires = Need.INPUTS  # scores blocks on the samples itself
     constrains_weights = False
     keeps_units = False

@@ -74,6 +74,7 @@ class SparseGPT(Pruner):
     name = "sparsegpt"
     summary = "SparseGPT: OBS pruning with weight updates (unstructured or N:M), calibrated"
     Config = SparseGPTConfig
+    example = "sparsegpt:ratio=0.5"
     requires = Need.STATISTICS
 
     def compress_unit(

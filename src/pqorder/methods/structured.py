@@ -62,6 +62,7 @@ class Structured(ModelMethod):
     granularities = "attention head, MLP channel"
     summary = "zero whole attention heads or MLP channels by magnitude or activation-aware score"
     Config = StructuredConfig
+    example = "structured:ratio=0.25"
 
     @property
     def needs(self) -> Need:  # activation norms of each block's output projection

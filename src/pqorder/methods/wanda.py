@@ -14,6 +14,7 @@ from pqorder.stats import UnitStats
 class Wanda(ScorePruner):
     name = "wanda"
     summary = "Wanda: |W|·‖X‖ scores per output row (unstructured) or N:M, no weight update"
+    example = "wanda:ratio=0.5"
     requires = Need.STATISTICS
     per_row = True
 
