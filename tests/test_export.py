@@ -325,7 +325,100 @@ def test_dense_after_sleb_has_fewer_blocks(_tiny_session, tmp_path):
     assert (_logits(loaded, ids) - _logits(lm.model, ids)).abs().max().item() <= LOGIT_ATOL
 
 
-def test_dense_refuses_vision_models(tmp_path):
-    with pytest.raises(ConfigError, match="causal language models only"):
-        export_model(load_model("digits-cnn"), "dense", tmp_path / "v")
+def _dead(lm: LoadedModel, name: str) -> torch.Tensor:
+    return ~lm.state.get(name).mask.any(dim=1)
+
+
+def test_dense_cnn_cuts_pruned_filters_of_digits_cnn(tmp_path):
+    """digits-cnn (blocks 8→8 with an identity skip, 8→16 with a conv shortcut), 25% of the
+    filters pruned with BatchNorm re-estimation: the export has fewer parameters, and both
+    ``load_model(dir)`` and the plain torch.export program give pqorder's logits (1e-4 on
+    logits of magnitude ~10: folding the pruned channels' BatchNorm constants only reorders
+    float sums, measured 2e-6) and the same top-1 on the 360 test images."""
+    from pqorder.data.images import load_images
+    from pqorder.models.zoo import top1
+
+    lm = load_model("digits-cnn")
+    calib = CalibrationSpec("digits:train", 64, 512, 0)
+    run_pipeline(lm, parse_pipeline("filters:ratio=0.25,bn=true"), calib, progress=False)
+    done = export_model(lm, "dense", tmp_path / "d")
+    # conv1: floor(0.25·width) filters always cut; block 1's conv2 filter j only when its
+    # shortcut filter j is pruned too (then the channel is a constant the head folds in).
+    joint = int((_dead(lm, "blocks.1.conv2") & _dead(lm, "blocks.1.shortcut.0")).sum())
+    assert any(f"blocks.0.conv1 2/8, blocks.1.conv1 4/16, blocks.1.conv2 {joint}/16" in n
+               for n in done.notes)  # fmt: skip
+    assert any("blocks.0.conv2 2" in n for n in done.notes)  # identity skip: stays
+    # block 0: 2 conv1 filters (8·9 each), 4 bn1 entries, 2 conv2 input channels (8·9 each);
+    # block 1: 4 conv1 filters (8·9), 8 bn1 entries, 4 conv2 inputs (16·9); per joint channel
+    # a conv2 row (12·9 left after the cut), 2 bn2 + 2 shortcut-bn entries, a shortcut row (8)
+    # and a head column (10).
+    removed = (2 * 72 + 4 + 2 * 72) + (4 * 72 + 8 + 4 * 144) + joint * (108 + 4 + 8 + 10)
+    back = load_model(str(done.path))
+    assert _n_params(back.model) == _n_params(lm.model) - removed == 3958 - 130 * joint
+    program = torch.export.load(str(done.path / "model.pt2")).module()
+    test = load_images("digits:test")
+    with torch.no_grad():
+        expected = lm.model(test.images)
+        for model in (back.model, program):
+            assert (model(test.images) - expected).abs().max().item() <= LOGIT_ATOL
+    acc = top1(lm.model, test.images, test.labels)
+    assert top1(back.model, test.images, test.labels) == acc > 0.5  # measured 0.72 (dense 0.98)
+
+
+def test_cli_compress_export_records_the_footprint(tmp_path):
+    """``compress --export dense`` on digits-cnn files the measured footprint of the export
+    in the run store: the torch.export program's bytes, the reduced parameter count."""
+    from pqorder.store import RunStore
+
+    out, db = tmp_path / "c", tmp_path / "runs.db"
+    args = ["compress", "-m", "digits-cnn", "-p", "filters:ratio=0.25,bn=true", "--no-eval",
+            "-o", str(out), "--export", "dense", "--store", str(db), "--study", "x"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (entry,) = RunStore(db).analyses("x")
+    f = entry["payload"]
+    program = tmp_path / "c-dense" / "model.pt2"
+    assert entry["kind"] == "export" and f["source"] == "digits-cnn" and f["format"] == "dense"
+    assert f["disk_bytes"] == program.stat().st_size and f["tokens_per_second"] is None
+    assert f["parameters"] == _n_params(load_model(str(tmp_path / "c-dense")).model) < 5122
+    assert f["bits_per_weight"] == pytest.approx(8 * f["disk_bytes"] / f["parameters"])
+
+
+def test_dense_cnn_three_blocks_folds_constants_into_the_next_block(tmp_path):
+    """fmnist-cnn's architecture (untrained, random BatchNorm statistics so that pruned
+    channels carry nonzero constants): block 1's cut output channels feed block 2's conv1 and
+    conv shortcut, whose fixed maps take the constants; outputs equal within 1e-4."""
+    from pqorder.engine import apply_step
+    from pqorder.models.zoo import RECIPES
+    from pqorder.pipeline import parse_step
+
+    torch.manual_seed(0)
+    model = RECIPES["fmnist-cnn"].build()
+    model.arch = "fmnist-cnn"
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.data.normal_()
+        bn.running_var.data.uniform_(0.5, 2.0)
+    lm = LoadedModel("fmnist-cnn", model.eval(), None, kind="vision")
+    apply_step(lm, parse_step("filters:ratio=0.5"), progress=False)
+    done = export_model(lm, "dense", tmp_path / "f")
+    joint = int((_dead(lm, "blocks.1.conv2") & _dead(lm, "blocks.1.shortcut.0")).sum())
+    assert joint > 0 and any(f"blocks.1.conv2 {joint}/32" in n for n in done.notes)
+    back = load_model(str(done.path)).model
+    assert back.blocks[2].conv1.in_channels == 32 - joint
+    assert _n_params(back) < 0.5 * _n_params(model)
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert (back(x) - model(x)).abs().max().item() <= LOGIT_ATOL
+
+
+def test_dense_refuses_other_vision_and_encoder_models(tmp_path):
+    from pqorder.models.zoo import RECIPES
+
+    vit = RECIPES["fmnist-vit"].build()
+    vit.arch = "fmnist-vit"
+    with pytest.raises(ConfigError, match=r"built-in ResNet CNNs .* only, not of fmnist-vit"):
+        export_model(LoadedModel("v", vit, None, kind="vision"), "dense", tmp_path / "v")
+    with pytest.raises(ConfigError, match="causal language models only, not a vision model"):
+        export_model(load_model("digits-cnn"), "gguf", tmp_path / "v.gguf")
     assert list(tmp_path.iterdir()) == []

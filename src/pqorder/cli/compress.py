@@ -14,6 +14,8 @@ from pqorder.cli.app import (
     PIPELINE_HELP,
     ModelOpt,
     SequentialOpt,
+    StoreOpt,
+    StudyOpt,
     app,
     console,
     with_options,
@@ -71,14 +73,18 @@ def compress(
         str | None,
         typer.Option(
             "--export",
-            help="Also export the result (see 'pqorder export') to OUT-FORMAT or OUT.gguf.",
+            help="Also export the result (see 'pqorder export') to OUT-FORMAT or OUT.gguf, "
+            "and record its footprint in the run store.",
         ),
     ] = None,
+    store: StoreOpt = None,
+    study: StudyOpt = "default",
     protocol=None,
     calibration=None,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
     from pqorder.artifacts import check_output_dir, save_compressed
+    from pqorder.cli.export import record_footprint
     from pqorder.export import export_model, export_path, get_format
     from pqorder.export.atomic import check_output
     from pqorder.models.loading import load_model
@@ -120,7 +126,11 @@ def compress(
     console.print(f"saved to {save_compressed(lm, out, record, overwrite)}")
     if export is not None:
         target = export_path(out, get_format(export))
-        console.print(f"exported {export} to {export_model(lm, export, target, overwrite).path}")
+        done = export_model(lm, export, target, overwrite)
+        for note in done.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        console.print(f"exported {export} to {done.path}")
+        record_footprint(target, export, model, store, study)
     if lm.caveat:
         console.print(f"[yellow]note:[/] {lm.caveat}")
 

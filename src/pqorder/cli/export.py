@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pqorder.cli.app import app, console
+from pqorder.cli.app import StoreOpt, app, console
 
 FormatOpt = Annotated[
     str,
@@ -27,8 +27,16 @@ def export_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output path (atomic).")] = ...,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     measure: Annotated[
-        bool, typer.Option(help="Load the export and print size, bits/weight, load time, tokens/s.")
+        bool,
+        typer.Option(
+            help="Load the export, print size, bits/weight, load time, tokens/s and record them "
+            "in the run store."
+        ),
     ] = True,
+    store: StoreOpt = None,
+    study: Annotated[str, typer.Option("--study", help="Study the footprint is filed under.")] = (
+        "default"
+    ),
 ) -> None:
     """Export a model: every check (format, output, what the format can hold) runs before any
     file is written."""
@@ -44,11 +52,20 @@ def export_(
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"exported {fmt} to {done.path}")
     if measure:
-        from pqorder.export.footprint import measure as measure_export
+        record_footprint(done.path, fmt, model, store, study)
 
-        f = measure_export(done.path, fmt)
-        console.print(
-            f"{f.disk_bytes / 2**20:.1f} MiB, {f.parameters / 1e6:.1f} M parameters, "
-            f"{f.bits_per_weight:.2f} bits/weight, loads in {f.load_seconds:.1f} s, "
-            f"{f.tokens_per_second:.0f} tokens/s (CPU forward)"
-        )
+
+def record_footprint(path: Path, fmt: str, source: str, store: Path | None, study: str) -> None:
+    """Measure an export in its consumer, print one line, and file it in the run store as an
+    ``export`` analysis (with its source and path), so footprints sit beside the runs."""
+    from pqorder.export.footprint import measure
+    from pqorder.store import RunStore
+
+    f = measure(path, fmt)
+    speed = "" if f.tokens_per_second is None else f", {f.tokens_per_second:.0f} tokens/s (CPU)"
+    console.print(
+        f"{f.disk_bytes / 2**20:.2f} MiB, {f.parameters:,} parameters, "
+        f"{f.bits_per_weight:.2f} bits/weight, loads in {f.load_seconds:.1f} s{speed}"
+    )
+    payload = {**f.to_dict(), "source": source, "path": str(path)}
+    RunStore(store).put_analysis(study, "export", payload)

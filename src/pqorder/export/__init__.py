@@ -49,7 +49,8 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat(
             "dense",
             True,
-            "plain fp32 HF checkpoint, removed blocks and dead MLP channels sliced out",
+            "plain fp32 HF checkpoint (removed blocks, dead MLP channels sliced out) or "
+            "torch CNN (pruned filters cut out)",
             shrink.plan_dense,
             shrink.write_dense,
         ),

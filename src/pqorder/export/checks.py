@@ -5,14 +5,16 @@ from __future__ import annotations
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
 
+KIND_NAMES = {"causal-lm": "causal language models", "vision": "the built-in ResNet CNNs"}
 
-def check_plain_forward(lm: LoadedModel, fmt: str) -> None:
-    """Refuse a non-causal-LM model, or one whose forward pass runs transforms the plain
-    architecture does not (online rotation, activation / KV fake quantization)."""
-    if lm.kind != "causal-lm":
-        raise ConfigError(
-            f"--format {fmt} holds causal language models only, not a {lm.kind} model"
-        )
+
+def check_plain_forward(lm: LoadedModel, fmt: str, kinds: tuple[str, ...] = ("causal-lm",)) -> None:
+    """Refuse a model of a kind the format does not hold, or one whose forward pass runs
+    transforms the plain architecture does not (online rotation, activation / KV fake
+    quantization)."""
+    if lm.kind not in kinds:
+        held = " and ".join(KIND_NAMES[k] for k in kinds)
+        raise ConfigError(f"--format {fmt} holds {held} only, not a {lm.kind} model")
     transforms = lm.state.model
     if transforms.rotation is not None and transforms.rotation.online:
         raise ConfigError(

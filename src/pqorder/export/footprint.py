@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pqorder.export.shrink_cnn import PROGRAM_FILE
+
 QUANT_PARAMS = ("_scale", "_zero_point", "_shape")
 
 
@@ -27,7 +29,7 @@ class Footprint:
     parameters: int
     bits_per_weight: float
     load_seconds: float
-    tokens_per_second: float
+    tokens_per_second: float | None  # None for an image model (no tokens)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -42,10 +44,13 @@ def disk_bytes(path: Path) -> int:
 
 
 def load_exported(path: Path, fmt: str) -> nn.Module:
-    """The exported model as its consumer loads it (CPU, eval mode)."""
+    """The exported model as its consumer loads it (CPU, eval mode): a dense CNN through
+    ``torch.export``, a causal LM through transformers."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
+    if (path / PROGRAM_FILE).exists():
+        return torch.export.load(str(path / PROGRAM_FILE)).module()
     if fmt == "gguf":
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     else:
@@ -72,8 +77,9 @@ def measure(path: Path, fmt: str, seqlen: int = 128) -> Footprint:
     start = time.perf_counter()
     model = load_exported(path, fmt)
     load = time.perf_counter() - start
-    speed = tokens_per_second(model, seqlen)  # first: its warm-up unpacks lazy weights
-    size = disk_bytes(path)
+    is_lm = hasattr(model, "config")
+    speed = tokens_per_second(model, seqlen) if is_lm else None  # warm-up unpacks lazy weights
+    size = disk_bytes(path if is_lm else Path(path) / PROGRAM_FILE)  # what plain torch loads
     params = sum(
         p.numel() for n, p in model.named_parameters() if not n.endswith(QUANT_PARAMS)
     )  # the model's own weights; packed scales are counted in the bytes, not as weights

@@ -7,7 +7,8 @@ changes no output. Plain transformers has one ``intermediate_size`` for all laye
 layer keeps as many channels as the widest one, a narrower layer filling up with dead channels
 (still exact zeros). Pruned attention heads stay as zero rows with a note (one head count per
 model and GQA grouping cannot express per-layer heads). Weights are written in fp32 as they
-are (values still on their grids, not packed: use compressed-tensors or gguf for that).
+are (values still on their grids, not packed: use compressed-tensors or gguf for that). The
+built-in ResNet CNNs lose their removable pruned filters instead (``shrink_cnn``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
 from pqorder.export.checkpoint import dense_tensors, write_checkpoint
 from pqorder.export.checks import check_plain_forward
+from pqorder.export.shrink_cnn import CnnPlan, plan_cnn, write_cnn
 from pqorder.models.adapter import decoder_blocks
 
 
@@ -50,9 +52,12 @@ def _kept_channels(lm: LoadedModel, prefix: str, width: int) -> Tensor:
     return ~dead
 
 
-def plan_dense(lm: LoadedModel) -> DensePlan:
-    """Check the model and slice the dead MLP channels out of every block's tensors."""
-    check_plain_forward(lm, "dense")
+def plan_dense(lm: LoadedModel) -> DensePlan | CnnPlan:
+    """Check the model and slice the dead MLP channels out of every block's tensors (a
+    built-in CNN: its removable pruned filters, see ``shrink_cnn``)."""
+    check_plain_forward(lm, "dense", ("causal-lm", "vision"))
+    if lm.kind == "vision":
+        return plan_cnn(lm)
     config = lm.model.config
     tensors = dense_tensors(lm.model)
     plan = DensePlan(tensors)
@@ -87,6 +92,9 @@ def plan_dense(lm: LoadedModel) -> DensePlan:
     return plan
 
 
-def write_dense(lm: LoadedModel, folder: Path, plan: DensePlan) -> None:
+def write_dense(lm: LoadedModel, folder: Path, plan: DensePlan | CnnPlan) -> None:
     """A plain HF checkpoint of the planned tensors (no pqorder state, no quantization)."""
+    if isinstance(plan, CnnPlan):
+        write_cnn(folder, plan)
+        return
     write_checkpoint(folder, lm.model, lm.tokenizer, plan.tensors, plan.config)

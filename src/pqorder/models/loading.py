@@ -13,7 +13,7 @@ from torch import nn
 from pqorder.core import Kind, LoadedModel
 from pqorder.errors import AssetError
 from pqorder.models import encoder, smollm2, zoo
-from pqorder.models.vision import timm_deit_base, torchvision_resnet18
+from pqorder.models.vision import resize_to, timm_deit_base, torchvision_resnet18
 from pqorder.state import STATE_FILE, CompressionState
 from pqorder.transforms import sync
 
@@ -54,7 +54,9 @@ def _vision_dir(path: Path) -> LoadedModel:
         raise AssetError(f"{path} holds an unknown vision architecture '{arch}'")
     model = zoo.RECIPES[arch].build() if arch in zoo.RECIPES else VISION[arch]()
     model.arch = arch
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    tensors = load_file(str(path / "model.safetensors"))
+    resize_to(model, tensors)  # a dense export has fewer channels than the recipe
+    model.load_state_dict(tensors)
     model.eval()
     return _with_state(LoadedModel(str(path), model, None, kind="vision"), path)
 

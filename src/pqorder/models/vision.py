@@ -270,3 +270,54 @@ def reestimate_batchnorm(model: nn.Module, images: Tensor, batch_size: int = 64)
         for bn, momentum in zip(norms, saved, strict=True):
             bn.momentum = momentum
             bn.eval()
+
+
+class ShiftedConv2d(nn.Conv2d):
+    """A Conv2d plus a fixed (out, H, W) map added to its output.
+
+    The dense export removes input channels that carry a constant (a pruned filter after its
+    BatchNorm and ReLU). With zero padding their contribution differs at the borders, so it
+    is kept exactly as this map, valid for the one input size the model is built for.
+    """
+
+    def __init__(self, *args: object, shift_shape: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("shift", torch.zeros(shift_shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) + self.shift
+
+
+def _resized(m: nn.Module, w: Tensor, shift: Tensor | None) -> nn.Module | None:
+    """A fresh module like ``m`` holding a weight shaped like ``w`` (None: keep ``m``)."""
+    if w.shape == m.weight.shape and shift is None:
+        return None
+    if isinstance(m, nn.Conv2d):
+        geometry = {
+            "kernel_size": m.kernel_size,
+            "stride": m.stride,
+            "padding": m.padding,
+            "dilation": m.dilation,
+            "bias": m.bias is not None,
+            "padding_mode": m.padding_mode,
+        }
+        if shift is None:
+            return nn.Conv2d(w.shape[1], w.shape[0], **geometry)
+        return ShiftedConv2d(w.shape[1], w.shape[0], shift_shape=tuple(shift.shape), **geometry)
+    if isinstance(m, nn.BatchNorm2d):
+        return nn.BatchNorm2d(w.shape[0], m.eps, m.momentum)
+    if isinstance(m, nn.Linear):
+        return nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
+    return None
+
+
+def resize_to(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Give the Conv2d, BatchNorm2d and Linear layers of ``model`` the shapes in ``tensors``
+    (the state dict of a shape-reduced copy), so that it loads; a conv with a ``shift`` entry
+    becomes a ShiftedConv2d. Layers whose shapes match are left as they are."""
+    for name, m in list(model.named_modules()):
+        w = tensors.get(f"{name}.weight")
+        new = None if w is None else _resized(m, w, tensors.get(f"{name}.shift"))
+        if new is not None:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, new.eval())
