@@ -70,7 +70,8 @@ KNOWN_BROKEN: dict[tuple[str, ...], str] = {  # strict xfails: see the reasons
     ("digits", "sleb"): "sleb accepts a CNN in check_composition; refused only in apply",
     ("minilm", "sleb"): "sleb accepts an encoder in check_composition; refused only in apply",
     ("smollm2", "before-rotation", "quarot"): (
-        "check_rotation spots an earlier rotation by family 'rotate', not by `rotates`"
+        "check_rotation finds an earlier rotation by family 'rotate', not by `rotates`, so "
+        "rotate after quarot gets the sparsity/grid OrderError (and force=true rotates twice)"
     ),
 }
 EXAMPLES = {name: getattr(cls, "example", None) for name, cls in sorted(REGISTRY.items())}

@@ -41,7 +41,7 @@ class Plan:
 
 
 LM_PLAN = Plan(
-    ("sparsegpt:ratio=0.3", "gptq:bits=4,group=128"),
+    ("sparsegpt:ratio=0.3", "gptq:bits=4,group=128,sym=true"),  # symmetric: exportable
     "magnitude",
     (0.1, 0.2, 0.3),
     "rtn:group=128",
@@ -75,6 +75,30 @@ def _order_study(
     pairs = [(f"{plan.pruner}:ratio={r}", f"{plan.quant},bits=4") for r in plan.ratios]
     print_interference(api.interference(s, pairs))
     return res, sweep, api.report(s, out)
+
+
+def _export_best(s: Study, res: SearchResult, out: Path) -> None:
+    """Export the best searched order's model: compressed-tensors where its grid allows, else
+    the plain checkpoint (with the reason); print dense vs exported size on disk."""
+    from pqorder.errors import ConfigError
+    from pqorder.export import export_model
+    from pqorder.export.footprint import disk_bytes
+    from pqorder.pipeline import parse_step
+
+    console.rule("5. export: the best order's model")
+    dense = sum(p.numel() * p.element_size() for p in s.lm.model.parameters())  # fp32 weights
+    s.materialize([parse_step(t) for t in res.best])
+    try:
+        done = export_model(s.lm, "compressed-tensors", out / "best-compressed-tensors", True)
+    except ConfigError as exc:
+        console.print(f"[yellow]compressed-tensors refused:[/] {exc}")
+        done = export_model(s.lm, "dense", out / "best-dense", True)
+    size = disk_bytes(done.path)
+    console.print(
+        f"{res.order_label(res.best)}: {done.path} {size / 2**20:.1f} MiB on disk vs "
+        f"{dense / 2**20:.1f} MiB of dense fp32 weights ({size / dense:.2f} of the dense size)"
+    )
+    s.reset()
 
 
 def _summary(s: Study, plan: Plan, res: SearchResult, sweep: SweepResult, report: Path) -> None:
@@ -126,6 +150,7 @@ def demo(
     calibration = CalibrationSpec("austen:pride", calib_samples, calib_seqlen, 0)
     s = api.open_study(model, study, protocol, calibration, store, cache=not no_cache)
     studies = [(s, LM_PLAN, *_order_study(s, LM_PLAN, out, ""))]
+    _export_best(s, studies[0][2], out)
     if vision:
         v = api.open_study(
             vision, f"{study}-vision", vision_protocol, store=s.store, cache=not no_cache
