@@ -1,11 +1,11 @@
-"""The contract matrix, read from the method registry: every registered method (its ``example``
-plus a few settings that take another code path) alone, after a pruning step, after a
-quantization step, and on SmolLM2 before and after a rotation, on small real models (the
-digits CNN, a two-block MiniLM, a two-block SmolLM2). Each applied step must reach its target
-and keep what earlier steps established (masks, grids, removed blocks, rotation, activation
-quantization), or the order is refused before any work with the reason the methods declare
-(``rotates``, ``constrains_weights``); every step and pipeline round-trips through its text,
-label and YAML forms."""
+"""The contract matrix, read from the method registry: every registered method's ``example``
+alone, after a pruning step, after a quantization step and (on SmolLM2) before and after a
+rotation, plus a few settings that take other code paths after a pruning and a quantization
+step, on small real models (the digits CNN, a two-block MiniLM, a two-block SmolLM2). Each
+applied step must reach its target and keep what earlier steps established (masks, grids,
+removed blocks, rotation, activation quantization), or the order is refused before any work
+for the reason the methods declare (``rotates``, ``constrains_weights``, a model family they
+need); every step and pipeline round-trips through its text, label and YAML forms."""
 
 from __future__ import annotations
 
@@ -51,16 +51,16 @@ CELLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # steps before, s
 }
 # Methods that refuse the digits CNN and the MiniLM encoder with a ConfigError naming the model.
 LLM_ONLY = frozenset({"rotate", "quarot", "sleb", "structured"})
-# Settings that take another code path than the examples (run on SmolLM2 only).
+# Settings that take another code path than the examples: composed on SmolLM2 only.
 VARIANTS = (
     "magnitude:nm=1:4",
     "wanda:nm=2:4",
     "sparsegpt:nm=2:4",
     "gptq:bits=3,group=64,act_order=true,static_groups=true",
     "structured:target=heads,ratio=0.25,score=activation",
-    "quarot:preset=W4A4KV4,weights=gptq",
     "actquant:bits=4,per=tensor,sym=false,kv_bits=4",
 )
+VARIANT_CELLS = ("after-prune", "after-quant")
 MODEL_CELLS = {
     "digits": ("alone", "after-prune", "after-quant"),
     "minilm": ("alone", "after-prune", "after-quant"),
@@ -78,11 +78,14 @@ EXAMPLES = {name: getattr(cls, "example", None) for name, cls in sorted(REGISTRY
 
 
 def _cases() -> Iterator[object]:
-    """(model, cell, step text) for every example on every model, variants on SmolLM2; a
-    method declared LLM-only gets one cell on the other models, where it must be refused."""
+    """(model, cell, step text) for every example on every model, variants composed on
+    SmolLM2; a method declared LLM-only gets one cell on the other models, where it must be
+    refused."""
     examples = [t for t in EXAMPLES.values() if t is not None]
-    for model, cells in MODEL_CELLS.items():
-        for text in examples + list(VARIANTS if model == "smollm2" else ()):
+    for model, model_cells in MODEL_CELLS.items():
+        runs = [(t, model_cells) for t in examples]
+        runs += [(t, VARIANT_CELLS) for t in VARIANTS if model == "smollm2"]
+        for text, cells in runs:
             name = text.partition(":")[0]
             refused = model != "smollm2" and name in LLM_ONLY
             for cell in ("alone",) if refused else cells:
