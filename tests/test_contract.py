@@ -66,14 +66,6 @@ MODEL_CELLS = {
     "minilm": ("alone", "after-prune", "after-quant"),
     "smollm2": tuple(CELLS),
 }
-KNOWN_BROKEN: dict[tuple[str, ...], str] = {  # strict xfails: see the reasons
-    ("digits", "sleb"): "sleb accepts a CNN in check_composition; refused only in apply",
-    ("minilm", "sleb"): "sleb accepts an encoder in check_composition; refused only in apply",
-    ("smollm2", "before-rotation", "quarot"): (
-        "check_rotation finds an earlier rotation by family 'rotate', not by `rotates`, so "
-        "rotate after quarot gets the sparsity/grid OrderError (and force=true rotates twice)"
-    ),
-}
 EXAMPLES = {name: getattr(cls, "example", None) for name, cls in sorted(REGISTRY.items())}
 
 
@@ -89,9 +81,7 @@ def _cases() -> Iterator[object]:
             name = text.partition(":")[0]
             refused = model != "smollm2" and name in LLM_ONLY
             for cell in ("alone",) if refused else cells:
-                reason = KNOWN_BROKEN.get((model, name)) or KNOWN_BROKEN.get((model, cell, name))
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                yield pytest.param(model, cell, text, id=f"{model}|{cell}|{text}", marks=marks)
+                yield pytest.param(model, cell, text, id=f"{model}|{cell}|{text}")
 
 
 @dataclass

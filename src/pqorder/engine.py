@@ -109,6 +109,7 @@ def apply_step(
     ``calibration`` holds the calibration samples ((n, seqlen) tokens or (n, C, H, W) images),
     required by steps that need inputs or statistics.
     """
+    check_pipeline(lm, [step])  # a direct call is checked like a pipeline's first step
     if step.needs > Need.NOTHING and calibration is None:
         raise ConfigError(f"{step.name} needs calibration data (a CalibrationSpec)")
     ctx = step_context(lm, calibration, progress, sequential)

@@ -52,7 +52,7 @@ def _constrained_by(lm: LoadedModel, earlier: Sequence[Method]) -> list[str]:
 def check_rotation(lm: LoadedModel, earlier: Sequence[Method], force: bool) -> None:
     """The composition rules of a rotation, checked before any work."""
     check_llama_family(lm.model, "rotation")
-    if lm.state.model.rotation is not None or any(m.family == "rotate" for m in earlier):
+    if lm.state.model.rotation is not None or any(m.rotates for m in earlier):
         raise ConfigError("the model is already rotated; rotate once, before other steps")
     before = _constrained_by(lm, earlier)
     if before and not force:

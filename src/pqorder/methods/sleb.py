@@ -171,6 +171,12 @@ class SLEB(ModelMethod):
         return cfg.blocks if cfg.blocks is not None else round(cfg.ratio * n_original)
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
+        if lm.kind != "causal-lm":
+            raise ConfigError(
+                f"sleb scores blocks by next-token perplexity and needs a causal LM, "
+                f"not {type(lm.model).__name__}"
+            )
+        _final_norm(lm.model)
         t = lm.state.model
         n_original = len(runtime(lm).blocks)
         gone = len(t.removed_blocks) + sum(
