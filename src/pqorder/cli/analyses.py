@@ -166,9 +166,12 @@ def print_pair_grid(result: PairGrid, model: str) -> None:
 @app.command()
 @with_options("protocol", "calibration", "study")
 def sweep(
-    prune: Annotated[list[str], typer.Option(help="Pruning method (repeatable).")] = ["magnitude"],  # noqa: B006
+    prune: Annotated[
+        list[str],
+        typer.Option(help="Pruning step, ratio filled in (repeatable): sparsegpt:damp=0.05."),
+    ] = ["magnitude"],  # noqa: B006
     ratios: Annotated[str, typer.Option(help="Pruning ratios.")] = "0.1,0.2,0.3",
-    quant: Annotated[str, typer.Option(help="Quantizer (bits filled in).")] = "rtn:group=128",
+    quant: Annotated[str, typer.Option(help="Quantizer, bits filled in.")] = "rtn:group=128",
     bits: Annotated[str, typer.Option(help="Bit-widths.")] = "3,4,5",
     plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("sweep.png"),
     protocol=None,
