@@ -49,8 +49,6 @@ CELLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # steps before, s
     "after-rotation": ((ROTATION,), ()),
     "before-rotation": ((), (ROTATION,)),
 }
-# Methods that refuse the digits CNN and the MiniLM encoder with a ConfigError naming the model.
-LLM_ONLY = frozenset({"rotate", "quarot", "sleb", "structured"})
 # Settings that take another code path than the examples: composed on SmolLM2 only.
 VARIANTS = (
     "magnitude:nm=1:4",
@@ -66,6 +64,7 @@ MODEL_CELLS = {
     "minilm": ("alone", "after-prune", "after-quant"),
     "smollm2": tuple(CELLS),
 }
+MODEL_KINDS = {"digits": "vision", "minilm": "encoder", "smollm2": "causal-lm"}
 EXAMPLES = {name: getattr(cls, "example", None) for name, cls in sorted(REGISTRY.items())}
 
 
@@ -79,7 +78,7 @@ def _cases() -> Iterator[object]:
         runs += [(t, VARIANT_CELLS) for t in VARIANTS if model == "smollm2"]
         for text, cells in runs:
             name = text.partition(":")[0]
-            refused = model != "smollm2" and name in LLM_ONLY
+            refused = MODEL_KINDS[model] not in REGISTRY[name].kinds
             for cell in ("alone",) if refused else cells:
                 yield pytest.param(model, cell, text, id=f"{model}|{cell}|{text}")
 
@@ -370,7 +369,7 @@ def _apply_and_check(bench: Bench, step: Method, done: Sequence[Method]) -> None
 
 def _refusal(lm: LoadedModel, steps: Sequence[Method]) -> tuple[type[ConfigError], str] | None:
     """The error (and message pattern) the declared rules refuse this order with, or None."""
-    if lm.kind != "causal-lm" and any(s.name in LLM_ONLY for s in steps):
+    if any(lm.kind not in s.kinds for s in steps):
         config = getattr(lm.model, "config", None)
         names = [type(lm.model).__name__, getattr(config, "model_type", "")]
         return ConfigError, "|".join(filter(None, names))
@@ -410,7 +409,7 @@ def test_every_method_has_an_example_whose_text_round_trips(name):
 
 
 def test_variants_and_declarations_name_registered_methods():
-    assert {parse_step(t).name for t in VARIANTS} | LLM_ONLY <= set(REGISTRY)
+    assert {parse_step(t).name for t in VARIANTS} <= set(REGISTRY)
     assert not set(VARIANTS) & set(EXAMPLES.values())
 
 
@@ -419,11 +418,7 @@ def test_benches_are_the_small_real_models(benches):
         bench.start(())
     sizes = {name: len(compressible_units(b.lm.model)) for name, b in benches.items()}
     assert sizes == {"digits": 5, "minilm": 12, "smollm2": 14}
-    assert {name: b.lm.kind for name, b in benches.items()} == {
-        "digits": "vision",
-        "minilm": "encoder",
-        "smollm2": "causal-lm",
-    }
+    assert {name: b.lm.kind for name, b in benches.items()} == MODEL_KINDS
 
 
 @pytest.mark.parametrize(("model", "cell", "text"), list(_cases()))

@@ -42,6 +42,13 @@ def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
     """Every step can handle every unit and follow the steps before it: raised before work."""
     units = compressible_units(lm.model)
     for i, step in enumerate(steps):
+        if lm.kind not in step.kinds:
+            config = getattr(lm.model, "config", None)
+            what = getattr(config, "model_type", None) or type(lm.model).__name__
+            raise ConfigError(
+                f"{step.name} works on {' and '.join(sorted(step.kinds))} models; "
+                f"{lm.name} is a {lm.kind} model ({what})"
+            )
         step.check_composition(lm, list(steps[:i]))
         for name, module in units.items():
             step.check_unit(name, unit_shape(module))

@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
-from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
+from pqorder.core import Kind, LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.errors import ConfigError
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
@@ -69,6 +69,7 @@ class Method(ABC):
     rotates: ClassVar[bool] = False  # rotates the weights (destroys earlier masks and grids)
     keeps_units: ClassVar[bool] = True  # every unit keeps its name, shape and basis
     requires: ClassVar[Need] = Need.NOTHING  # what it needs at its default settings
+    kinds: ClassVar[frozenset[Kind]] = frozenset({"causal-lm", "encoder", "vision"})
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

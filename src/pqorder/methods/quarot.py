@@ -42,6 +42,7 @@ class QuaRot(ModelMethod):
     summary = "QuaRot(+GPTQ) presets: rotation, weight and activation/KV quantization in one step"
     Config = QuaRotConfig
     example = "quarot:preset=W4A8,weights=rtn"
+    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
     rotates = True
     keeps_units = False
 

@@ -130,6 +130,7 @@ class Rotate(ModelMethod):
     summary = "QuaRot: fold RMSNorm, fuse a randomized Hadamard rotation into every weight"
     Config = RotateConfig
     example = "rotate"
+    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
     rotates = True
     keeps_units = False
 

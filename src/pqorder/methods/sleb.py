@@ -158,6 +158,7 @@ class SLEB(ModelMethod):
     summary = "SLEB: greedily remove whole blocks by calibration perplexity (first/last kept)"
     Config = SLEBConfig
     example = "sleb:blocks=1,keep_first=0,samples=2"
+    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
     requires = Need.INPUTS  # scores blocks on the samples itself
     constrains_weights = False
     keeps_units = False
@@ -171,12 +172,7 @@ class SLEB(ModelMethod):
         return cfg.blocks if cfg.blocks is not None else round(cfg.ratio * n_original)
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        if lm.kind != "causal-lm":
-            raise ConfigError(
-                f"sleb scores blocks by next-token perplexity and needs a causal LM, "
-                f"not {type(lm.model).__name__}"
-            )
-        _final_norm(lm.model)
+        _final_norm(lm.model)  # a decoder whose final norm sleb knows
         t = lm.state.model
         n_original = len(runtime(lm).blocks)
         gone = len(t.removed_blocks) + sum(

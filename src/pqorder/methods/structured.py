@@ -63,6 +63,7 @@ class Structured(ModelMethod):
     summary = "zero whole attention heads or MLP channels by magnitude or activation-aware score"
     Config = StructuredConfig
     example = "structured:ratio=0.25"
+    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
 
     @property
     def needs(self) -> Need:  # activation norms of each block's output projection
