@@ -121,18 +121,25 @@ def test_compressed_tensors_int8_per_channel(tiny, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("pipeline", "message"),
+    ("fmt", "out", "pipeline", "message"),
     [
-        ("rtn:bits=4,group=128", "sym=true"),
-        ("rtn:bits=3,group=128,sym=true", "int4 and int8 only"),
-        ("magnitude:ratio=0.3", "no unit of this model is quantized"),
+        ("compressed-tensors", "ct", "rtn:bits=4,group=128", "sym=true"),
+        ("compressed-tensors", "ct", "rtn:bits=3,group=128,sym=true", "int4 and int8 only"),
+        ("compressed-tensors", "ct", "magnitude:ratio=0.3", "no unit of this model is quantized"),
+        ("gguf", "m.gguf", "rtn:bits=4,group=128", "asymmetric"),
+        (
+            "gguf",
+            "m.gguf",
+            "rtn:bits=4,group=48,sym=true",
+            "does not map onto GGUF's 32-wide blocks",
+        ),
+        ("gguf", "m.gguf", "rtn:bits=6,group=64,sym=true", "Q4_0 and Q8_0 only"),
     ],
 )
-def test_compressed_tensors_refusals_write_nothing(tiny, tmp_path, pipeline, message):
+def test_refusals_write_nothing(tiny, tmp_path, fmt, out, pipeline, message):
     lm = _compress(tiny, pipeline)
-    out = tmp_path / "ct"
     with pytest.raises(ConfigError, match=message):
-        export_model(lm, "compressed-tensors", out)
+        export_model(lm, fmt, tmp_path / out)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -270,21 +277,6 @@ def test_gguf_q8_0_per_channel_holds_pqorder_codes(tiny, tmp_path):
     embedding = lm.model.get_input_embeddings().weight.numel() * 4
     # Q8_0 = 34 bytes per 32 weights: 8.5 bits per weight (plus the F32 embedding and norms).
     assert out.stat().st_size < embedding + dense * 8.5 / 32 + 3_000_000
-
-
-@pytest.mark.parametrize(
-    ("pipeline", "message"),
-    [
-        ("rtn:bits=4,group=128", "asymmetric"),
-        ("rtn:bits=4,group=48,sym=true", "does not map onto GGUF's 32-wide blocks"),
-        ("rtn:bits=6,group=64,sym=true", "Q4_0 and Q8_0 only"),
-    ],
-)
-def test_gguf_refusals_write_nothing(tiny, tmp_path, pipeline, message):
-    lm = _compress(tiny, pipeline)
-    with pytest.raises(ConfigError, match=message):
-        export_model(lm, "gguf", tmp_path / "m.gguf")
-    assert list(tmp_path.iterdir()) == []
 
 
 def _n_params(model: torch.nn.Module) -> int:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
+from pqorder.atomic import atomic_output, check_output
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
 from pqorder.models.loading import VISION_FILE
 from pqorder.state import STATE_FILE
 
 RECORD_FILE = "pqorder.json"
-
-
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output before any work starts, unless overwriting was asked for."""
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output directory {out} already exists; pass --overwrite to replace it")
 
 
 def _save_model(lm: LoadedModel, folder: Path) -> None:
@@ -39,21 +32,9 @@ def _save_model(lm: LoadedModel, folder: Path) -> None:
 def save_compressed(lm: LoadedModel, out: Path, record: dict[str, Any], overwrite: bool) -> Path:
     """HF checkpoint + tokenizer + composition state + run record, all or nothing."""
     out = Path(out)
-    check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    check_output(out, overwrite)
+    with atomic_output(out, directory=True) as tmp:
         _save_model(lm, tmp)
         lm.state.save(tmp / STATE_FILE)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -20,7 +20,6 @@ from pqorder.cli.app import (
     console,
     with_options,
 )
-from pqorder.pipeline import label
 
 
 @app.command()
@@ -83,15 +82,15 @@ def compress(
     calibration=None,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
-    from pqorder.artifacts import check_output_dir, save_compressed
+    from pqorder.artifacts import save_compressed
+    from pqorder.atomic import check_output
     from pqorder.cli.export import record_footprint
     from pqorder.export import export_model, export_path, get_format
-    from pqorder.export.atomic import check_output
     from pqorder.models.loading import load_model
     from pqorder.pipeline import resolve_pipeline, run_pipeline
 
     pipe = resolve_pipeline(pipeline)
-    check_output_dir(out, overwrite)
+    check_output(out, overwrite)
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)
     lm = load_model(model)
@@ -110,7 +109,7 @@ def compress(
     for r in result.records:
         bits = str(r.bits or "-")
         table.add_row(
-            label(r.step),
+            r.label,
             r.granularity,
             str(r.units),
             f"{r.sparsity:.4f}",
@@ -120,7 +119,7 @@ def compress(
     console.print(table)
     for r in result.records:
         for note in r.notes:
-            console.print(f"[yellow]{label(r.step)}:[/] {note}")
+            console.print(f"[yellow]{r.label}:[/] {note}")
     if evaluate:
         record[protocol.name] = _evaluate(lm, protocol, progress=True)
     console.print(f"saved to {save_compressed(lm, out, record, overwrite)}")

@@ -40,8 +40,8 @@ def export_(
 ) -> None:
     """Export a model: every check (format, output, what the format can hold) runs before any
     file is written."""
+    from pqorder.atomic import check_output
     from pqorder.export import export_model, get_format
-    from pqorder.export.atomic import check_output
     from pqorder.models.loading import load_model
 
     get_format(fmt)

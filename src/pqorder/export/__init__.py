@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pqorder.atomic import atomic_output, check_output
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
 from pqorder.export import compressed_tensors, gguf, shrink
-from pqorder.export.atomic import atomic_output, check_output
 
 
 @dataclass(frozen=True)
