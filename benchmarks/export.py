@@ -1,6 +1,7 @@
 """Footprint of exported SmolLM2 models: size on disk, bits/weight, parameters, load time, tokens/s.
 
-For each setting (dense, int4, 50% sparse + int4, 25% MLP channels removed + int8) the model
+For each setting (dense, int4, 50% sparse + int4, 25% MLP channels removed + int8, and a
+third of the attention heads removed too) the model
 is compressed, exported to every format that accepts it (a refusal is printed as such), loaded
 back in its consumer library and timed: CPU tokens/s of one 128-token forward pass (best of
 3), and its ratio to that of the dense setting's dense (fp32) export. Calibration: 32 × 256
@@ -28,6 +29,10 @@ SETTINGS = {
     "int4 g64": "rtn:bits=4,group=64,sym=true",
     "50% + int4": "sparsegpt:ratio=0.5 > gptq:bits=4,group=64,sym=true",
     "25% channels + int8": "structured:target=channels,ratio=0.25 > rtn:bits=8,sym=true",
+    "1/3 heads + 25% channels + int8": (
+        "structured:target=heads,ratio=0.34 > structured:target=channels,ratio=0.25 "
+        "> rtn:bits=8,sym=true"
+    ),
 }
 QUICK = {**SETTINGS, "50% + int4": "magnitude:ratio=0.5 > rtn:bits=4,group=64,sym=true"}
 FILE_NAMES = {"compressed-tensors": "ct", "gguf": "m.gguf", "dense": "dense"}

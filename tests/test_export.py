@@ -9,6 +9,7 @@ magnitude ~60 (float32 rounding of 576-wide sums is ~1e-5 at that size).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -155,6 +156,24 @@ def test_online_rotation_and_activation_quant_refused(tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_offline_rotation_exports_fused_into_the_weights(tiny, tmp_path):
+    """QuaRot with online=false, then int4 g64: the rotation lives in the weights (and the
+    untied output head), so compressed-tensors loads pqorder's exact model and the GGUF file
+    gives its logits up to the fp16 block scales (0.05, as for Q4_0 above)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = _compress(tiny, "rotate:online=false > rtn:bits=4,group=64,sym=true")
+    ids = _ids(lm)
+    want = _logits(lm.model, ids)
+    ct = export_model(lm, "compressed-tensors", tmp_path / "ct").path
+    got = _logits(AutoModelForCausalLM.from_pretrained(ct).eval(), ids)
+    assert (got - want).abs().max().item() <= LOGIT_ATOL
+    gguf = export_model(lm, "gguf", tmp_path / "m.gguf").path
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name).eval()
+    assert (_logits(loaded, ids) - want).abs().max().item() <= 0.05
+
+
 def test_unknown_format_and_existing_output(tiny, tmp_path):
     with pytest.raises(ConfigError, match="unknown export format 'onnx'"):
         export_model(tiny, "onnx", tmp_path / "x")
@@ -299,6 +318,33 @@ def test_dense_slices_pruned_mlp_channels(tiny, tmp_path):
     removed = 2 * 3 * 384 * 576  # 2 blocks × (gate rows, up rows, down columns) × 384 × 576
     assert _n_params(loaded) == _n_params(lm.model) - removed
     assert (_logits(loaded, ids) - _logits(lm.model, ids)).abs().max().item() <= LOGIT_ATOL
+
+
+@pytest.mark.slow
+def test_dense_slices_pruned_attention_heads(tiny, tmp_path):
+    """A third of the heads pruned (one per KV group, then int8): the export has 6 query heads
+    over 3 KV heads, fewer parameters, pqorder's logits."""
+    from transformers import AutoModelForCausalLM
+
+    lm = _compress(tiny, "structured:target=heads,ratio=0.34 > rtn:bits=8,sym=true")
+    ids = _ids(lm)
+    done = export_model(lm, "dense", tmp_path / "h")
+    assert any("9 query / 3 KV → 6 / 3" in n for n in done.notes)
+    loaded = AutoModelForCausalLM.from_pretrained(done.path).eval()
+    assert (loaded.config.num_attention_heads, loaded.config.num_key_value_heads) == (6, 3)
+    removed = 2 * 2 * 3 * 64 * 576  # 2 blocks × (q rows, o columns) × 3 heads × 64 × 576
+    assert _n_params(loaded) == _n_params(lm.model) - removed
+    assert (_logits(loaded, ids) - _logits(lm.model, ids)).abs().max().item() <= LOGIT_ATOL
+
+
+def test_dense_keeps_heads_that_cannot_be_sliced(tiny, tmp_path):
+    """2 of 9 heads pruned: some KV group keeps all 3 of its heads, so none can go; the note
+    says so and the head counts stay."""
+    lm = _compress(tiny, "structured:target=heads,ratio=0.25")
+    done = export_model(lm, "dense", tmp_path / "d")
+    assert any("stay as zero rows" in n for n in done.notes)
+    config = json.loads((done.path / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (9, 3)
 
 
 @pytest.mark.slow

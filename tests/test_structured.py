@@ -24,7 +24,16 @@ def test_heads_pruned_whole(tiny, tiny_calibration, score):
     for block in tiny.model.model.layers:
         rows, cols = _heads_zeroed(block)
         assert int(rows.sum()) == 3 and torch.equal(rows, cols)  # round(0.34 × 9) heads
+        assert rows.view(3, 3).sum(1).tolist() == [1, 1, 1]  # one per KV group of 3
     assert record.granularity == "attention head" and record.units == 4
+
+
+def test_heads_spread_evenly_over_kv_groups(tiny):
+    """round(0.45 × 9) = 4 heads over 3 KV groups: one each, the fourth in one group."""
+    apply_step(tiny, parse_step("structured:target=heads,ratio=0.45"), progress=False)
+    for block in tiny.model.model.layers:
+        rows, _ = _heads_zeroed(block)
+        assert sorted(rows.view(3, 3).sum(1).tolist()) == [1, 1, 2]
 
 
 @pytest.mark.parametrize("score", ["magnitude", "activation"])

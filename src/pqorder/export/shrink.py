@@ -1,12 +1,15 @@
 """Dense export with pruned structure sliced out: a smaller plain checkpoint transformers loads.
 
 What shrinks: blocks removed by SLEB (already gone from the module list; the config says how
-many remain) and MLP channels of LLaMA models. A channel j is dead when its gate_proj or up_proj
+many remain), MLP channels and attention heads of LLaMA models. A channel j is dead when its gate_proj or up_proj
 row is fully masked (SiLU(0)·u = g·0 = 0), so dropping row j of gate/up and column j of down
 changes no output. Plain transformers has one ``intermediate_size`` for all layers: every
 layer keeps as many channels as the widest one, a narrower layer filling up with dead channels
-(still exact zeros). Pruned attention heads stay as zero rows with a note (one head count per
-model and GQA grouping cannot express per-layer heads). Weights are written in fp32 as they
+(still exact zeros). Attention heads likewise: a head whose o_proj columns are all masked adds
+nothing, so its q_proj rows and o_proj columns go; a key/value head goes with the last query
+head of its group. Every layer keeps as many KV groups, and every group as many query heads,
+as the fullest layer/group needs (padding with dead heads: their output is zero whatever their
+attention pattern), and the config gets the new head counts with ``head_dim`` written out. Weights are written in fp32 as they
 are (values still on their grids, not packed: use compressed-tensors or gguf for that). The
 built-in ResNet CNNs lose their removable pruned filters instead (``shrink_cnn``).
 """
@@ -25,6 +28,7 @@ from pqorder.export.checkpoint import dense_tensors, write_checkpoint
 from pqorder.export.checks import check_plain_forward
 from pqorder.export.shrink_cnn import CnnPlan, plan_cnn, write_cnn
 from pqorder.models.adapter import decoder_blocks
+from pqorder.models.llama import head_dim
 
 
 @dataclass
@@ -76,20 +80,76 @@ def plan_dense(lm: LoadedModel) -> DensePlan | CnnPlan:
     keep = max(int(k.sum()) for k in kept)
     if keep < width:
         for i, alive in enumerate(kept):
-            order = torch.argsort(alive.to(torch.int8), descending=True, stable=True)
-            index = order[:keep].sort().values  # all live channels, then dead ones if short
+            index = _live_first(alive, keep)  # all live channels, then dead ones if short
             mlp = f"{path}.{i}.mlp"
             for part in ("gate_proj", "up_proj"):
-                key = f"{mlp}.{part}.weight"
-                tensors[key] = tensors[key][index].contiguous()
-            key = f"{mlp}.down_proj.weight"
-            tensors[key] = tensors[key][:, index].contiguous()
+                _take(tensors, f"{mlp}.{part}", index, dim=0)
+            _take(tensors, f"{mlp}.down_proj", index, dim=1)
         plan.config["intermediate_size"] = keep
         plan.notes.append(f"MLP channels sliced out: {width} → {keep} per layer")
-    heads = [_dead_rows(lm, f"{path}.{i}.self_attn.q_proj") for i in range(len(blocks))]
-    if any(h is not None and bool(h.any()) for h in heads):
-        plan.notes.append("pruned attention heads stay as zero rows (not sliced)")
+    _slice_heads(lm, path, len(blocks), plan)
     return plan
+
+
+def _live_heads(lm: LoadedModel, prefix: str, heads: int, hd: int) -> Tensor:
+    """Boolean (heads,) of the query heads of one block whose o_proj columns are not all masked."""
+    mask = lm.state.get(f"{prefix}.self_attn.o_proj").mask
+    if mask is None:
+        return torch.ones(heads, dtype=torch.bool)
+    return mask.any(dim=0).view(heads, hd).any(dim=1)
+
+
+def _slice_heads(lm: LoadedModel, path: str, n_blocks: int, plan: DensePlan) -> None:
+    """Drop dead query heads (and KV heads left without a live query head) from every block."""
+    config = lm.model.config
+    heads, hd = config.num_attention_heads, head_dim(config)
+    groups = getattr(config, "num_key_value_heads", None) or heads
+    per = heads // groups
+    live = [_live_heads(lm, f"{path}.{i}", heads, hd).view(groups, per) for i in range(n_blocks)]
+    keep_groups = max(int(h.any(dim=1).sum()) for h in live)
+    keep_per = max(int(h.sum(dim=1).max()) for h in live)
+    if (keep_groups, keep_per) == (groups, per):
+        if any(not bool(h.all()) for h in live):
+            plan.notes.append(
+                "pruned attention heads stay as zero rows: some layer keeps a live head in "
+                f"every one of its {per} query slots of a KV group (prune a multiple of "
+                f"{groups} heads per layer to slice them)"
+            )
+        return
+    for i, alive in enumerate(live):
+        group_index = _live_first(alive.any(dim=1), keep_groups)
+        q_heads = torch.cat([g * per + _live_first(alive[g], keep_per) for g in group_index])
+        attn = f"{path}.{i}.self_attn"
+        _take(plan.tensors, f"{attn}.q_proj", _rows(q_heads, hd), dim=0)
+        _take(plan.tensors, f"{attn}.o_proj", _rows(q_heads, hd), dim=1)
+        for part in ("k_proj", "v_proj"):
+            _take(plan.tensors, f"{attn}.{part}", _rows(group_index, hd), dim=0)
+    plan.config.update(
+        num_attention_heads=keep_groups * keep_per, num_key_value_heads=keep_groups, head_dim=hd
+    )
+    plan.notes.append(
+        f"attention heads sliced out: {heads} query / {groups} KV → "
+        f"{keep_groups * keep_per} / {keep_groups} per layer"
+    )
+
+
+def _live_first(alive: Tensor, keep: int) -> Tensor:
+    """The indices of ``keep`` entries, every live one first, in their original order."""
+    order = torch.argsort(alive.to(torch.int8), descending=True, stable=True)
+    return order[:keep].sort().values
+
+
+def _rows(heads: Tensor, hd: int) -> Tensor:
+    """The row indices of whole heads of width ``hd``."""
+    return (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+
+
+def _take(tensors: dict[str, Tensor], unit: str, index: Tensor, dim: int) -> None:
+    """Keep ``index`` along ``dim`` of a unit's weight (and of its bias for rows)."""
+    key = f"{unit}.weight"
+    tensors[key] = tensors[key].index_select(dim, index).contiguous()
+    if dim == 0 and f"{unit}.bias" in tensors:
+        tensors[f"{unit}.bias"] = tensors[f"{unit}.bias"][index].contiguous()
 
 
 def write_dense(lm: LoadedModel, folder: Path, plan: DensePlan | CnnPlan) -> None:

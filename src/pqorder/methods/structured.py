@@ -4,11 +4,15 @@ A pruned query head has its q_proj rows and o_proj columns zeroed (the o_proj co
 remove its contribution); a pruned MLP channel j has row j of gate_proj and up_proj zeroed
 (SiLU(0)·0 = 0) and column j of down_proj when the down-projection input is not rotated online.
 Shapes are kept: the zeros are masks in the composition state, so they survive later steps and
-can be sliced out at export. Each layer prunes ``round(ratio × groups)`` of its heads/channels.
+can be sliced out at export. Each layer prunes k = ``round(ratio × n)`` of its n heads/channels.
+Query heads are spread evenly over their g key/value groups (GQA): every group loses
+``⌊k/g⌋`` of its lowest-scoring heads and the ``k mod g`` remaining picks go to the lowest
+next candidates, so a model where k is a multiple of g keeps the same number of heads per
+group in every layer and the export can slice them out (transformers has one head count).
 
-Scores per group: ``magnitude`` = L2 norm of all the group's weights; ``activation`` = the
-Wanda score summed over the group, ‖x_j‖₂·Σ_i|W_ij| over the output projection's columns of the
-group (calibration needed). After a rotation with online Hadamard the down-projection input
+Scores per head/channel: ``magnitude`` = L2 norm of all its weights; ``activation`` = the
+Wanda score summed over it, ‖x_j‖₂·Σ_i|W_ij| over the output projection's columns of the
+head/channel (calibration needed). After a rotation with online Hadamard the down-projection input
 is rotated; scores are taken back in channel space through the known rotation.
 """
 
@@ -95,10 +99,25 @@ class Structured(ModelMethod):
         k = round(self.config.ratio * scores.numel())
         return torch.argsort(scores)[:k]
 
+    def _prune_heads(self, scores: Tensor, groups: int) -> Tensor:
+        """Indices of the query heads to prune, spread evenly over ``groups`` KV groups."""
+        k = round(self.config.ratio * scores.numel())
+        per_group = scores.view(groups, -1)
+        order = torch.argsort(per_group, dim=1)  # each group's heads, lowest score first
+        even = k // groups
+        picked = (order[:, :even] + torch.arange(groups)[:, None] * per_group.shape[1]).ravel()
+        if k % groups:
+            nxt = order[:, even]  # each group's next candidate
+            extra = torch.argsort(per_group.gather(1, nxt[:, None]).ravel())[: k % groups]
+            picked = torch.cat([picked, extra * per_group.shape[1] + nxt[extra]])
+        return picked.sort().values
+
     def apply(self, ctx: StepContext) -> ModelOutcome:
         lm = ctx.lm
         rotation = lm.state.model.rotation
-        hd = head_dim(lm.model.config)
+        config = lm.model.config
+        hd = head_dim(config)
+        kv_groups = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         touched = []
         for prefix, block, stats in self._blocks(lm, ctx.calibration, ctx.progress):
             norms = None if stats is None else stats.hessian
@@ -110,7 +129,7 @@ class Structured(ModelMethod):
                 else:
                     x = torch.sqrt(torch.diagonal(norms).clamp(min=0))
                     per = (x * wo.abs().sum(0)).view(-1, hd).sum(1)
-                heads = self._prune(per)
+                heads = self._prune_heads(per, kv_groups)
                 dims = (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
                 _zero(lm, f"{prefix}.self_attn.q_proj", attn.q_proj, dims, None)
                 _zero(lm, f"{prefix}.self_attn.o_proj", attn.o_proj, None, dims)
