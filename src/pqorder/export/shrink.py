@@ -1,17 +1,18 @@
 """Dense export with pruned structure sliced out: a smaller plain checkpoint transformers loads.
 
 What shrinks: blocks removed by SLEB (already gone from the module list; the config says how
-many remain), MLP channels and attention heads of LLaMA models. A channel j is dead when its gate_proj or up_proj
-row is fully masked (SiLU(0)·u = g·0 = 0), so dropping row j of gate/up and column j of down
-changes no output. Plain transformers has one ``intermediate_size`` for all layers: every
-layer keeps as many channels as the widest one, a narrower layer filling up with dead channels
-(still exact zeros). Attention heads likewise: a head whose o_proj columns are all masked adds
-nothing, so its q_proj rows and o_proj columns go; a key/value head goes with the last query
-head of its group. Every layer keeps as many KV groups, and every group as many query heads,
-as the fullest layer/group needs (padding with dead heads: their output is zero whatever their
-attention pattern), and the config gets the new head counts with ``head_dim`` written out. Weights are written in fp32 as they
-are (values still on their grids, not packed: use compressed-tensors or gguf for that). The
-built-in ResNet CNNs lose their removable pruned filters instead (``shrink_cnn``).
+many remain), MLP channels and attention heads of LLaMA models. A channel j is dead when its
+gate_proj or up_proj row is fully masked (SiLU(0)·u = g·0 = 0), so dropping row j of gate/up
+and column j of down changes no output. Plain transformers has one ``intermediate_size`` for
+all layers: every layer keeps as many channels as the widest one, a narrower layer filling up
+with dead channels (still exact zeros). Attention heads likewise: a head whose o_proj columns
+are all masked adds nothing, so its q_proj rows and o_proj columns go; a key/value head goes
+with the last query head of its group. Every layer keeps as many KV groups, and every group as
+many query heads, as the fullest layer/group needs (padding with dead heads: their output is
+zero whatever their attention pattern), and the config gets the new head counts with
+``head_dim`` written out. Weights are written in fp32 as they are (values still on their
+grids, not packed: use compressed-tensors or gguf for that). The built-in ResNet CNNs lose
+their removable pruned filters instead (``shrink_cnn``).
 """
 
 from __future__ import annotations
