@@ -2,6 +2,7 @@
 schema-v1 store made by pqorder 63dddcb (tests/data/make_store_v1.py): it migrates in place
 after a backup, loses nothing, and reports exactly as that code did."""
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -151,7 +152,7 @@ def test_v1_store_migrates_in_place_after_a_backup_and_loses_nothing(v1_copy):
         for name in ("seconds", "peak_rss_mb", "host"):
             assert getattr(new, name) == old[name]
         for name in store_module.JSON_COLUMNS:
-            assert getattr(new, name) == json.loads(old[name])
+            assert getattr(new, name) == ({} if name == "details" else json.loads(old[name]))
         assert new.metric == old["metric"] and new.perplexity == old["perplexity"]
         ppl = old["perplexity"]
         assert new.value == (ppl if ppl is not None else old["metric"])
@@ -169,6 +170,24 @@ def test_v1_store_migrates_in_place_after_a_backup_and_loses_nothing(v1_copy):
     assert "perplexity" not in columns and {"metric_name", "value", "direction"} <= set(columns)
     RunStore(v1_copy).close()  # a migrated store opens as it is
     assert backup.read_bytes() == V1.read_bytes()
+
+
+def test_v2_store_gains_the_details_column_in_place(tmp_path):
+    """A schema-v2 file (no ``details`` column) opens as v3 with its runs as they were."""
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    store.put(_run("old"))
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE runs DROP COLUMN details")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store = RunStore(path)
+    assert store.get("old").details == {} and store.get("old").pipeline == _run("old").pipeline
+    store.put(dataclasses.replace(_run("new"), details={"tasks": {"a": 0.5}}))
+    assert store.get("new").details == {"tasks": {"a": 0.5}}
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 @pytest.mark.parametrize("study", ["lm", "vision"])

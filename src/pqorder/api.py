@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pqorder.analysis.intensity import CurveOptions
+from pqorder.analysis.metric_agreement import MetricAgreement, run_metric_agreement
 from pqorder.analysis.pairs import PairGrid
 from pqorder.analysis.pairs import pair_grid as _pair_grid
 from pqorder.analysis.recommend import Recommendation
@@ -110,6 +111,19 @@ def pair_grid(
     """Both orders of every (pruning, quantization) pair; every run stored."""
     result = _pair_grid(study, _steps(prune), _steps(quant), study.progress)
     _save(study, "grid", result.to_dict())
+    return result
+
+
+def metric_agreement(
+    study: Study,
+    prune: Sequence[str | Method],
+    quant: Sequence[str | Method],
+    protocols: Sequence[Evaluator],
+) -> MetricAgreement:
+    """The pair grid under the study's metric and each of ``protocols`` (every pipeline
+    compressed once), and whether the better order agrees across them."""
+    result = run_metric_agreement(study, _steps(prune), _steps(quant), protocols, study.progress)
+    _save(study, "metric agreement", result.to_dict())
     return result
 
 

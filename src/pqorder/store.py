@@ -30,8 +30,8 @@ from pqorder.errors import PqorderError, check_format
 from pqorder.paths import cache_dir
 from pqorder.tables import Table
 
-SCHEMA_VERSION = 2
-RUN_FORMAT = 2  # version of Run.to_dict (1: the perplexity-column form of schema v1)
+SCHEMA_VERSION = 3  # 2: metric name/value/direction; 3: a run's evaluation details
+RUN_FORMAT = 3  # version of Run.to_dict (1: the perplexity-column form of schema v1)
 Direction = Literal["lower", "higher"]  # which values of a metric are better
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -55,7 +55,8 @@ _TABLES = (
     seconds REAL NOT NULL,
     peak_rss_mb REAL,
     versions TEXT NOT NULL,
-    host TEXT NOT NULL
+    host TEXT NOT NULL,
+    details TEXT
 )""",
     "CREATE INDEX IF NOT EXISTS runs_study ON runs (study)",
     """CREATE TABLE IF NOT EXISTS analyses (
@@ -87,8 +88,9 @@ COLUMNS = (
     "peak_rss_mb",
     "versions",
     "host",
+    "details",
 )
-JSON_COLUMNS = ("calibration", "protocol", "steps", "versions")
+JSON_COLUMNS = ("calibration", "protocol", "steps", "versions", "details")
 
 
 class StoreError(PqorderError):
@@ -174,6 +176,7 @@ class Run(Measurement):
     steps: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float | None = None
+    details: dict = field(default_factory=dict)  # what the protocol reports beyond its value
     versions: dict = field(default_factory=versions)
     host: str = field(default_factory=socket.gethostname)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
@@ -187,7 +190,7 @@ class Run(Measurement):
     def from_dict(cls, raw: dict) -> Run:
         """A run from ``to_dict``, or from a schema-v1 row or export (format 1)."""
         data = {k: v for k, v in raw.items() if k != "format"}
-        if check_format("run", raw.get("format", 1), (1, RUN_FORMAT)) == 1:
+        if check_format("run", raw.get("format", 1), (1, 2, RUN_FORMAT)) == 1:
             ppl = data.pop("perplexity")
             name = data["protocol"].get("task", "perplexity")
             value = ppl if ppl is not None else data["metric"]
@@ -220,8 +223,11 @@ class RunStore:
         existed = self.path.exists() and self.path.stat().st_size > 0
         try:
             self._conn = sqlite3.connect(self.path, timeout=30)
-            if existed and self._check_schema() == 1:
+            version = self._check_schema() if existed else SCHEMA_VERSION
+            if version == 1:
                 self._migrate_v1()
+            elif version == 2:
+                self._migrate_v2()
             with self._conn:
                 for statement in _TABLES:
                     self._conn.execute(statement)
@@ -256,7 +262,7 @@ class RunStore:
         return None if row is None else int(row[0])
 
     def _migrate_v1(self) -> None:
-        """Rewrite a schema-v1 store as v2 in one transaction, after backing the file up.
+        """Rewrite a schema-v1 store in the current schema in one transaction, after a backup.
 
         Every run keeps its id, key and fields; v1's ``perplexity`` becomes the value of a
         perplexity run (M stays as it was). Analyses are not touched.
@@ -279,6 +285,18 @@ class RunStore:
             if seq is not None:  # ids of deleted runs stay unused
                 conn.execute("DELETE FROM sqlite_sequence WHERE name = 'runs'")
                 conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", seq)
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+
+    def _migrate_v2(self) -> None:
+        """Schema v2 → v3: the runs table gains its nullable ``details`` column (no rewrite)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        with conn:
+            if self._version() != 2:  # another process migrated it meanwhile
+                return
+            conn.execute("ALTER TABLE runs ADD COLUMN details TEXT")
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -393,4 +411,5 @@ def _decoded(row: dict[str, object]) -> dict[str, object]:
 def _to_run(row: tuple) -> Run:
     data = _decoded(dict(zip(COLUMNS, row, strict=True)))
     del data["metric"]  # derived from value and direction
+    data["details"] = data["details"] or {}  # NULL in rows from before schema v3
     return Run(**data)

@@ -21,7 +21,7 @@ from pqorder.core import LoadedModel, Need
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import OrderError, PqorderError
-from pqorder.eval import Evaluator, protocol_dict
+from pqorder.eval import Evaluator, evaluation_details, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
 from pqorder.methods.base import Method
 from pqorder.models.adapter import weight_matrix
@@ -78,19 +78,27 @@ class Study:
             }
         )
 
-    def run_key(self, steps: Sequence[Method]) -> str:
-        return content_key(
-            {"prefix": self._prefix_key(steps), "protocol": protocol_dict(self.protocol)}
-        )
+    def run_key(self, steps: Sequence[Method], protocol: Evaluator | None = None) -> str:
+        protocol = protocol or self.protocol
+        return content_key({"prefix": self._prefix_key(steps), "protocol": protocol_dict(protocol)})
 
     # -- evaluation ---------------------------------------------------------------------
-    def dense_run(self) -> Run:
-        return self.evaluate(())
+    def dense_run(self, protocol: Evaluator | None = None) -> Run:
+        return self.evaluate((), protocol)
 
-    def evaluate(self, steps: Sequence[Method]) -> Run:
-        """The stored run of this order, or a new one (applied, evaluated, stored)."""
+    def add_protocol(self, protocol: Evaluator) -> None:
+        """Prepare a second metric for ``evaluate(steps, protocol)`` (on the dense model, since
+        a protocol may take its reference from the model it is prepared on)."""
+        self.reset()
+        protocol.prepare(self.lm)
+
+    def evaluate(self, steps: Sequence[Method], protocol: Evaluator | None = None) -> Run:
+        """The stored run of this order, or a new one (applied, evaluated, stored); under the
+        study's protocol or another one prepared with ``add_protocol`` (the model state the
+        first evaluation built is reused, so several metrics cost one compression)."""
         steps = tuple(steps)
-        key = self.run_key(steps)
+        protocol = protocol or self.protocol
+        key = self.run_key(steps, protocol)
         if self.store is not None and (run := self.store.get(key)) is not None:
             self.spend.stored_hits += 1
             return run
@@ -103,9 +111,9 @@ class Study:
         if error is None:
             try:
                 self._materialize(steps)
-                value = self.protocol.score(self.lm)
+                value = protocol.score(self.lm)
                 if not math.isfinite(value):
-                    error = f"{self.protocol.name} is {value}"
+                    error = f"{protocol.name} is {value}"
             except PqorderError as exc:
                 error = str(exc)
                 self._position = None  # the model is in an unknown state: restart from dense
@@ -116,13 +124,14 @@ class Study:
             pipeline=Pipeline(steps).to_text() if steps else "dense",
             n_steps=len(steps),
             calibration=asdict(self.calibration) if needs(steps) > Need.NOTHING else None,
-            protocol=protocol_dict(self.protocol),
-            metric_name=self.protocol.name,
+            protocol=protocol_dict(protocol),
+            metric_name=protocol.name,
             value=value if error is None else None,
-            direction="lower" if self.protocol.lower_is_better else "higher",
+            direction="lower" if protocol.lower_is_better else "higher",
             status="ok" if error is None else "failed",
             error=error,
             steps=[r.to_dict() for r in self._records[: len(steps)]] if error is None else [],
+            details=evaluation_details(protocol) if error is None else {},
             seconds=time.perf_counter() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from tqdm.auto import tqdm
 
 from pqorder.errors import ConfigError, check_format
+from pqorder.eval import Evaluator
 from pqorder.methods.base import Method
 from pqorder.store import Direction, Run, m_text, v1_direction
 from pqorder.study import Study
@@ -91,21 +92,53 @@ def pair_grid(
     progress: bool = True,
 ) -> PairGrid:
     """Dense, each step alone, and both orders of every (P, Q) pair (all runs stored)."""
+    runs = pair_runs(study, prune_steps, quant_steps, (study.protocol,), progress)[0]
+    return grid_from_runs(runs, prune_steps, quant_steps)
+
+
+PairRuns = dict[tuple[Method, ...], Run]  # dense (), each step alone, both orders of each pair
+
+
+def pair_runs(
+    study: Study,
+    prune_steps: Sequence[Method],
+    quant_steps: Sequence[Method],
+    protocols: Sequence[Evaluator],
+    progress: bool = True,
+) -> list[PairRuns]:
+    """The grid's runs under each protocol: every pipeline is compressed once and evaluated
+    under each (protocols other than the study's are prepared on its dense model first)."""
     check_families(prune_steps, quant_steps)
     for p in prune_steps:  # every order is checked before any work
         for q in quant_steps:
             study.check((p, q))
             study.check((q, p))
-    runs: dict[tuple[Method, ...], Run] = {}
+    for protocol in protocols:
+        if protocol is not study.protocol:
+            study.add_protocol(protocol)
+    runs: list[PairRuns] = [{} for _ in protocols]
+
+    def evaluate(steps: tuple[Method, ...]) -> None:
+        for i, protocol in enumerate(protocols):
+            runs[i][steps] = study.evaluate(steps, protocol)
+
     total = 2 * len(prune_steps) * len(quant_steps)
     with tqdm(total=total, desc="pair grid", disable=not progress) as bar:
         # first-step-major order: each first step's prefix is applied once and extended
         for first, then in ((prune_steps, quant_steps), (quant_steps, prune_steps)):
             for a in first:
-                runs[(a,)] = study.evaluate((a,))
+                evaluate((a,))
                 for b in then:
-                    runs[(a, b)] = study.evaluate((a, b))
+                    evaluate((a, b))
                     bar.update()
+    evaluate(())
+    return runs
+
+
+def grid_from_runs(
+    runs: PairRuns, prune_steps: Sequence[Method], quant_steps: Sequence[Method]
+) -> PairGrid:
+    """The pair grid of one protocol's runs."""
     pairs = []
     for p in prune_steps:
         for q in quant_steps:
@@ -122,5 +155,5 @@ def pair_grid(
                     adv,
                 )
             )
-    dense = study.dense_run()
+    dense = runs[()]
     return PairGrid(dense.metric_name, _value(dense), pairs, dense.direction)

@@ -46,7 +46,24 @@ MaxSamplesOpt = Annotated[
     int,
     typer.Option(help="Vision: first N test images (0 = all); encoders: retrieval candidates."),
 ]
-TaskOpt = Annotated[str, typer.Option(help="Encoders: 'retrieval top-1' or 'fidelity'.")]
+TaskOpt = Annotated[
+    str, typer.Option(help="Encoders: 'retrieval top-1', 'fidelity' or 'similarity'.")
+]
+ProtocolOpt = Annotated[
+    str,
+    typer.Option(
+        "--protocol",
+        help="Causal LMs: 'perplexity' (default) or 'lm-eval' (zero-shot tasks, see --tasks).",
+    ),
+]
+TasksOpt = Annotated[
+    str,
+    typer.Option(
+        help="lm-eval tasks, comma-separated (default: the offline austen_lastword, "
+        "wordnet_definitions)."
+    ),
+]
+LimitOpt = Annotated[int | None, typer.Option(help="lm-eval: documents per task (default all).")]
 SeqlenOpt = Annotated[int, typer.Option(help="Perplexity window length (tokens).")]
 MaxTokensOpt = Annotated[int, typer.Option(help="Evaluate on at most this many tokens (0 = all).")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per forward pass.")]
@@ -102,6 +119,9 @@ _GROUPS = {
         ("batch_size", BatchOpt, 4),
         ("max_samples", MaxSamplesOpt, 0),
         ("task", TaskOpt, "retrieval top-1"),
+        ("eval_protocol", ProtocolOpt, "perplexity"),
+        ("tasks", TasksOpt, ""),
+        ("limit", LimitOpt, None),
     ],
     "calibration": [
         ("calib", CalibOpt, ""),
@@ -168,6 +188,9 @@ def with_options(*groups: str):
                     raw["seqlen"],
                     raw["max_tokens"] or None,
                     raw["batch_size"],
+                    raw["eval_protocol"],
+                    raw["tasks"],
+                    raw["limit"],
                 )
             if "calibration" in groups:
                 kwargs["calibration"] = calibration_for(

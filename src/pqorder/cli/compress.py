@@ -141,7 +141,7 @@ def _describe(result) -> str:
 
 def _evaluate(lm, protocol, progress: bool, echo: bool = True) -> dict:
     """Evaluate under the (prepared) protocol, print one line, return the JSON-able result."""
-    from pqorder.eval import protocol_dict
+    from pqorder.eval import evaluation_details, protocol_dict
     from pqorder.eval.perplexity import evaluate_perplexity
 
     if protocol.name == "perplexity":
@@ -150,9 +150,15 @@ def _evaluate(lm, protocol, progress: bool, echo: bool = True) -> dict:
             console.print(f"{lm.name}: perplexity {result.perplexity:.3f}  ({_describe(result)})")
         return result.to_dict()
     value = protocol.score(lm)
+    details = evaluation_details(protocol)
     if echo:
         console.print(f"{lm.name}: {protocol.name} {value:.4f}  ({protocol})")
-    return {protocol.name: value, "protocol": protocol_dict(protocol)}
+        for task, r in details.get("tasks", {}).items():
+            console.print(
+                f"  {task}: {r['metric']} {r['value']:.4f} ± {1.96 * r['stderr']:.4f} "
+                f"(95%, n={r['n']}, version {r['version']})"
+            )
+    return {protocol.name: value, "protocol": protocol_dict(protocol), **details}
 
 
 @app.command("eval")

@@ -12,6 +12,7 @@ from pqorder.cli.app import app, console, with_options
 from pqorder.tables import cell
 
 if TYPE_CHECKING:
+    from pqorder.analysis.metric_agreement import MetricAgreement
     from pqorder.analysis.rotation_study import RotationStudy
 
 study_app = typer.Typer(help="Packaged studies (results go to the run store and the report).")
@@ -47,4 +48,42 @@ def print_rotation(result: RotationStudy) -> None:
     console.print(result.table().rich())
     console.print(
         f"dense {cell(result.dense_ppl)}, rotated before pruning {cell(result.rotated_ppl)}"
+    )
+
+
+@study_app.command()
+@with_options("protocol", "calibration", "study")
+def metrics(
+    prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
+    quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,
+    protocol=None,
+    calibration=None,
+    study=None,
+) -> None:
+    """Both orders of each pair on lm-eval tasks (``--protocol lm-eval --tasks --limit``) and
+    on perplexity (default text and windows): does the better order agree across metrics?"""
+    from pqorder import api
+    from pqorder.analysis.pairs import check_families
+    from pqorder.cli.analyses import _steps
+    from pqorder.errors import ConfigError
+    from pqorder.eval.harness import LmEvalProtocol
+    from pqorder.eval.perplexity import PerplexityProtocol
+
+    if not isinstance(protocol, LmEvalProtocol):
+        raise ConfigError(
+            "study metrics compares lm-eval tasks with perplexity: pass --protocol lm-eval "
+            "(and --tasks, --limit)"
+        )
+    prune_steps = _steps(prune or ["sparsegpt:ratio=0.5"])
+    quant_steps = _steps(quant or ["gptq:bits=4,group=128"])
+    check_families(prune_steps, quant_steps)
+    result = api.metric_agreement(study(), prune_steps, quant_steps, [PerplexityProtocol()])
+    print_metric_agreement(result)
+
+
+def print_metric_agreement(result: MetricAgreement) -> None:
+    """The agreement table and how to read it."""
+    console.print(result.table().rich())
+    console.print(
+        "A(Q→P) = M(Q→P) − M(P→Q) per metric; ±95% from the runs' standard errors where known"
     )

@@ -1,9 +1,14 @@
-"""WordNet glosses (Debian ``wordnet-base``): definition → headword pairs for retrieval.
+"""WordNet (Debian ``wordnet-base``): definition → headword pairs for retrieval, and word
+pairs graded by relatedness for similarity.
 
 ``data.noun`` lines read ``offset lex_filenum ss_type w_cnt word lex_id ... | gloss``; the
 synset's first word is its headword and the gloss up to the first ';' its definition (the
 examples after it often contain the headword itself). Pairs are drawn with a seed among
 synsets whose headword is unique, so every query has exactly one right answer.
+
+Graded pairs parse each line fully (``w_cnt`` is 2-digit hex, then ``p_cnt`` 3-digit decimal
+pointers ``symbol offset pos source/target``) and grade word pairs 3 (one synset), 2 (direct
+hypernym, ``@``/``@i``), 1 (one lexicographer file, unrelated) and 0 (different files).
 """
 
 from __future__ import annotations
@@ -99,44 +104,50 @@ def _noun_synsets() -> tuple[Synset, ...]:
     )
 
 
+Pair = tuple[str, str]
+
+
+def _key(a: str, b: str) -> Pair:
+    """A word pair in either order."""
+    return (a, b) if a < b else (b, a)
+
+
 @dataclass(frozen=True)
 class _Graded:
     """Candidate pairs of grades 3 and 2, and what grades 1 and 0 must avoid."""
 
-    synonyms: tuple[tuple[str, str], ...]  # grade 3, file order
-    hypernyms: tuple[tuple[str, str], ...]  # grade 2: (hyponym, hypernym) first words
-    related: frozenset[frozenset[str]]  # any synonym or direct-hypernym word pair
+    synonyms: tuple[Pair, ...]  # grade 3, file order
+    hypernyms: tuple[Pair, ...]  # grade 2: (hyponym, hypernym) first words, file order
+    related: frozenset[Pair]  # keys of every synonym or direct-hypernym word pair
     lexfiles: dict[str, frozenset[int]]  # the lexicographer files each word occurs in
-    by_file: dict[int, tuple[Synset, ...]]  # synsets of each lexicographer file
+    by_file: dict[int, tuple[Synset, ...]]  # the synsets of each lexicographer file
 
 
 @lru_cache(maxsize=1)
 def _graded() -> _Graded:
     synsets = _noun_synsets()
     by_offset = {s.offset: s for s in synsets}
-    synonyms: list[tuple[str, str]] = []
-    related: set[frozenset[str]] = set()
+    synonyms: list[Pair] = []
+    related: set[Pair] = set()
     lexfiles: dict[str, set[int]] = {}
-    for s in synsets:
-        for i, a in enumerate(s.words):
-            lexfiles.setdefault(a, set()).add(s.lex_filenum)
-            for b in s.words[i + 1 :]:
-                if (key := frozenset((a, b))) not in related:
-                    related.add(key)
-                    synonyms.append((a, b))
-    synonymous = frozenset(related)
-    hypernyms: list[tuple[str, str]] = []
-    seen: set[frozenset[str]] = set()
-    for s in synsets:
-        for h in (by_offset[o] for o in s.hypernyms):
-            related.update(frozenset((a, b)) for a in s.words for b in h.words if a != b)
-            key = frozenset((s.words[0], h.words[0]))
-            if len(key) == 2 and key not in synonymous and key not in seen:
-                seen.add(key)
-                hypernyms.append((s.words[0], h.words[0]))
     by_file: dict[int, list[Synset]] = {}
     for s in synsets:
         by_file.setdefault(s.lex_filenum, []).append(s)
+        for i, a in enumerate(s.words):
+            lexfiles.setdefault(a, set()).add(s.lex_filenum)
+            for b in s.words[i + 1 :]:
+                if (key := _key(a, b)) not in related:
+                    related.add(key)
+                    synonyms.append((a, b))
+    taken = set(related)  # a grade-2 pair is neither a synonym pair nor drawn twice
+    hypernyms: list[Pair] = []
+    for s in synsets:
+        for h in (by_offset[o] for o in s.hypernyms):
+            related.update(_key(a, b) for a in s.words for b in h.words if a != b)
+            a, b = s.words[0], h.words[0]
+            if a != b and (key := _key(a, b)) not in taken:
+                taken.add(key)
+                hypernyms.append((a, b))
     return _Graded(
         tuple(synonyms),
         tuple(hypernyms),
@@ -146,25 +157,21 @@ def _graded() -> _Graded:
     )
 
 
-def _draw_unrelated(
-    rng: random.Random, n: int, same_file: bool, taken: set[frozenset[str]]
-) -> list[tuple[str, str]]:
+def _draw_unrelated(rng: random.Random, n: int, same_file: bool, taken: set[Pair]) -> list[Pair]:
     """``n`` pairs of first words of two synsets, in the same lexicographer file (grade 1)
     or in files no sense of either word shares (grade 0), never synonyms or hypernyms."""
     synsets = _noun_synsets()
     graded = _graded()
-    out: list[tuple[str, str]] = []
+    out: list[Pair] = []
     for _ in range(1000 * n):
         a = rng.choice(synsets)
         b = rng.choice(graded.by_file[a.lex_filenum] if same_file else synsets)
-        if (a.lex_filenum == b.lex_filenum) != same_file:
-            continue
         x, y = a.words[0], b.words[0]
-        key = frozenset((x, y))
-        if len(key) < 2 or key in taken or key in graded.related:
+        key = _key(x, y)
+        if x == y or key in taken or key in graded.related:
             continue
-        if not same_file and graded.lexfiles[x] & graded.lexfiles[y]:
-            continue
+        if same_file != bool(graded.lexfiles[x] & graded.lexfiles[y]):
+            continue  # grade 0: no sense of x shares a lexicographer file with one of y
         taken.add(key)
         out.append((x, y))
         if len(out) == n:
@@ -190,7 +197,7 @@ def graded_pairs(n_per_grade: int, seed: int) -> list[tuple[str, str, int]]:
         3: rng.sample(graded.synonyms, n_per_grade),
         2: rng.sample(graded.hypernyms, n_per_grade),
     }
-    taken = {frozenset(p) for pairs in drawn.values() for p in pairs}
+    taken = {_key(a, b) for pairs in drawn.values() for a, b in pairs}
     drawn[1] = _draw_unrelated(rng, n_per_grade, True, taken)
     drawn[0] = _draw_unrelated(rng, n_per_grade, False, taken)
     return [(a, b, grade) for grade in GRADES for a, b in drawn[grade]]

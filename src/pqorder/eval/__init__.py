@@ -2,8 +2,10 @@
 
 A protocol is a frozen dataclass (its fields are part of every run key) with ``name`` (what
 its number is), ``lower_is_better``, ``validate()``, ``prepare(lm)`` (load data, check it
-fits the model) and ``score(lm)`` (the number). The order analysis uses M = −score when lower
-is better (perplexity), else the score itself (accuracy, retrieval top-1, fidelity).
+fits the model) and ``score(lm)`` (the number), and optionally ``details()`` (what the last
+score reported beyond its value, e.g. per-task results; kept in the run record). The order
+analysis uses M = −score when lower is better (perplexity), else the score itself (accuracy,
+retrieval top-1, fidelity, similarity Spearman, task accuracy).
 """
 
 from dataclasses import fields
@@ -21,6 +23,12 @@ class Evaluator(Protocol):
     def score(self, lm: object) -> float: ...
 
 
+def evaluation_details(protocol: Evaluator) -> dict[str, Any]:
+    """What the protocol's last score reported beyond its value (per-task results), if any."""
+    details = getattr(protocol, "details", None)
+    return details() if details is not None else {}
+
+
 def protocol_dict(protocol: Evaluator) -> dict[str, Any]:
     """The protocol's public fields: what run keys and stored runs record."""
     return {f.name: getattr(protocol, f.name) for f in fields(protocol) if f.name[0] != "_"}
@@ -31,5 +39,6 @@ __all__ = [
     "PerplexityProtocol",
     "PerplexityResult",
     "evaluate_perplexity",
+    "evaluation_details",
     "protocol_dict",
 ]

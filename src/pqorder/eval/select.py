@@ -1,8 +1,9 @@
 """The evaluation protocol and calibration source a model's kind calls for.
 
 Causal LMs: perplexity on text (default Emma), calibration text (default Pride and
-Prejudice). Vision: top-1 on the model's own test split, calibration images from its
-training split. Encoders: WordNet retrieval top-1 (or fidelity), calibration text.
+Prejudice), or zero-shot tasks through lm-eval. Vision: top-1 on the model's own test split,
+calibration images from its training split. Encoders: WordNet retrieval top-1 (or fidelity,
+or graded-similarity Spearman), calibration text.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from torch import Tensor
 from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.data.images import is_image_source, parse_image_spec
+from pqorder.data.offline_tasks import OFFLINE_TASKS
 from pqorder.data.sources import disjoint_specs
 from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.accuracy import AccuracyProtocol
+from pqorder.eval.harness import LmEvalProtocol
 from pqorder.eval.perplexity import PerplexityProtocol
 from pqorder.eval.retrieval import RetrievalProtocol
+from pqorder.eval.similarity import SimilarityProtocol
 from pqorder.models.loading import default_dataset, model_kind
+
+PROTOCOLS = ("perplexity", "lm-eval")
 
 
 def protocol_for(
@@ -29,20 +35,37 @@ def protocol_for(
     seqlen: int = 512,
     max_tokens: int | None = 8192,
     batch_size: int = 4,
+    protocol: str = "perplexity",
+    tasks: str = "",
+    limit: int | None = None,
 ) -> Evaluator:
-    """A validated protocol; empty ``data`` means the kind's default dataset."""
+    """A validated protocol; empty ``data`` means the kind's default dataset. Causal LMs take
+    ``protocol`` perplexity or lm-eval (``tasks`` comma-separated, default the offline ones)."""
     kind = model_kind(model)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown --protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}")
+    if protocol == "perplexity" and (tasks or limit is not None):
+        raise ConfigError("--tasks and --limit apply to --protocol lm-eval")
+    if protocol == "lm-eval":
+        if kind != "causal-lm":
+            raise ConfigError(f"--protocol lm-eval scores causal LMs; {model} is a {kind} model")
+        names = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else OFFLINE_TASKS
+        evaluator = LmEvalProtocol(names, limit, batch_size=batch_size)
+        evaluator.validate()
+        return evaluator
     if kind == "vision":
         data = data or default_dataset(model)
         if data is None:
             raise ConfigError(f"{model} has no offline evaluation set: pass --data")
-        protocol = AccuracyProtocol(data, max_samples or None)
+        evaluator = AccuracyProtocol(data, max_samples or None)
+    elif kind == "encoder" and task == "similarity":  # max_samples: pairs per grade
+        evaluator = SimilarityProtocol(data or "wordnet:noun", max_samples or 250, 0)
     elif kind == "encoder":
-        protocol = RetrievalProtocol(data or "wordnet:noun", max_samples or 1000, 0, task)
+        evaluator = RetrievalProtocol(data or "wordnet:noun", max_samples or 1000, 0, task)
     else:
-        protocol = PerplexityProtocol(data or "austen:emma", seqlen, max_tokens, batch_size)
-    protocol.validate()
-    return protocol
+        evaluator = PerplexityProtocol(data or "austen:emma", seqlen, max_tokens, batch_size)
+    evaluator.validate()
+    return evaluator
 
 
 def calibration_source(model: str) -> str:
