@@ -53,6 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 blocks, magnitude + RTN")
     parser.add_argument("--out", type=Path, help="keep the exports here (default: a temp dir)")
+    parser.add_argument(
+        "--only", action="append", choices=list(SETTINGS), help="these rows (and dense, the base)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # loaders' progress bars
     lm = load_model("smollm2-135m")
@@ -63,7 +66,9 @@ def main() -> None:
     calibration = CalibrationSpec("austen:pride", 32, 256, 0)
     root = args.out or Path(tempfile.mkdtemp(prefix="pqorder-export-"))
     found: list[tuple[str, Footprint | str]] = []
-    for i, (setting, pipeline) in enumerate((QUICK if args.quick else SETTINGS).items()):
+    table = QUICK if args.quick else SETTINGS
+    chosen = {k: v for k, v in table.items() if not args.only or k == "dense" or k in args.only}
+    for i, (setting, pipeline) in enumerate(chosen.items()):
         restore_snapshot(lm, dense)
         if pipeline:
             run_pipeline(lm, parse_pipeline(pipeline), calibration, progress=False)

@@ -78,3 +78,12 @@ def tiny_dir(_tiny_session, tmp_path_factory):
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The MiniLM encoder, put back to dense after each module that uses it."""
+    lm = load_model("minilm")
+    dense = take_snapshot(lm)
+    yield lm
+    restore_snapshot(lm, dense)

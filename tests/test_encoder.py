@@ -20,14 +20,6 @@ TOP1 = RetrievalProtocol("wordnet:noun", 200, 0)
 CALIB = CalibrationSpec("austen:pride", 8, 64, 0)
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    lm = load_model("minilm")
-    dense = take_snapshot(lm)
-    yield lm
-    restore_snapshot(lm, dense)
-
-
 def test_glosses_are_real_and_headwords_distinct():
     pairs = definition_pairs("noun", 300, 0)
     assert len({w for _d, w in pairs}) == 300

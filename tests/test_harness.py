@@ -165,3 +165,61 @@ def test_models_that_cannot_be_scored_are_refused():
     for model in ("minilm", "digits-cnn"):
         with pytest.raises(ConfigError, match="scores causal LMs"):
             protocol_for(model, protocol="lm-eval")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [
+        [
+            "recommend",
+            "--methods",
+            "magnitude:ratio=0.3",
+            "--methods",
+            "rtn:bits=4,group=64",
+            "--bits",
+            "3,4,5",
+        ],
+        [
+            "sweep",
+            "--prune",
+            "magnitude",
+            "--ratios",
+            "0.3",
+            "--quant",
+            "rtn:group=64",
+            "--bits",
+            "4",
+        ],
+    ],
+    ids=["recommend", "sweep"],
+)
+def test_order_analyses_run_on_task_metrics(tiny_dir, tmp_path, command):
+    """recommend and sweep on an lm-eval metric (two-block SmolLM2, 8 definitions)."""
+    args = [
+        *command,
+        "-m",
+        str(tiny_dir),
+        "--protocol",
+        "lm-eval",
+        "--tasks",
+        "wordnet_definitions",
+        "--limit",
+        "8",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "64",
+        "--store",
+        str(tmp_path / "runs.sqlite"),
+        "--no-cache",
+    ]
+    if command[0] == "sweep":
+        args += ["--plot", str(tmp_path / "sweep.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    from pqorder.store import RunStore
+
+    runs = RunStore(tmp_path / "runs.sqlite").query()
+    assert runs and {r.metric_name for r in runs} == {"lm-eval acc"}
+    assert all(r.details["tasks"]["wordnet_definitions"]["n"] == 8 for r in runs if r.ok)

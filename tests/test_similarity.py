@@ -13,20 +13,11 @@ from pqorder.engine import apply_step
 from pqorder.errors import AssetError, ConfigError
 from pqorder.eval import protocol_dict
 from pqorder.eval.similarity import SimilarityProtocol, average_ranks, spearman
-from pqorder.models.loading import load_model
 from pqorder.pipeline import parse_step
 from pqorder.snapshot import restore_snapshot, take_snapshot
 
 # 100 pairs per grade keep an evaluation to a few seconds (the default is 250).
 SMALL = SimilarityProtocol("wordnet:noun", 100, 0)
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    lm = load_model("minilm")
-    dense = take_snapshot(lm)
-    yield lm
-    restore_snapshot(lm, dense)
 
 
 def test_synset_lines_parse_fully():
