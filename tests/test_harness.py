@@ -117,22 +117,14 @@ def test_metric_agreement_compresses_each_pipeline_once(tiny, tmp_path):
     assert again.table() == result.table()
 
 
+def _on_definitions(model, limit: int) -> list[str]:
+    """CLI flags: ``model`` scored on the first ``limit`` WordNet definitions through lm-eval."""
+    return ["-m", str(model), "--protocol", "lm-eval", "--tasks", "wordnet_definitions",
+            "--limit", str(limit)]  # fmt: skip
+
+
 def test_cli_eval_with_lm_eval_protocol(tiny_dir):
-    result = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "-m",
-            str(tiny_dir),
-            "--protocol",
-            "lm-eval",
-            "--tasks",
-            "wordnet_definitions",
-            "--limit",
-            "4",
-            "--json",
-        ],
-    )
+    result = CliRunner().invoke(app, ["eval", *_on_definitions(tiny_dir, 4), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{") :])
     task = out["tasks"]["wordnet_definitions"]
@@ -159,6 +151,13 @@ def test_hub_task_offline_names_the_offline_tasks(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="austen_lastword, wordnet_definitions"):
         protocol_for("smollm2-135m", protocol="lm-eval", tasks="arc_easy")
+
+
+def test_study_metrics_needs_a_task_protocol(tiny_dir):
+    """Without --protocol lm-eval there is no second metric: refused before any work."""
+    result = CliRunner().invoke(app, ["study", "metrics", "-m", str(tiny_dir)])
+    assert isinstance(result.exception, ConfigError)  # pqorder's main prints it, exits 2
+    assert "pass --protocol lm-eval" in str(result.exception) and "\n" not in str(result.exception)
 
 
 def test_models_that_cannot_be_scored_are_refused():
@@ -198,14 +197,7 @@ def test_order_analyses_run_on_task_metrics(tiny_dir, tmp_path, command):
     """recommend and sweep on an lm-eval metric (two-block SmolLM2, 8 definitions)."""
     args = [
         *command,
-        "-m",
-        str(tiny_dir),
-        "--protocol",
-        "lm-eval",
-        "--tasks",
-        "wordnet_definitions",
-        "--limit",
-        "8",
+        *_on_definitions(tiny_dir, 8),
         "--calib-samples",
         "4",
         "--calib-seqlen",

@@ -20,10 +20,13 @@ import socket
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pqorder.data.offline_tasks import OFFLINE_TASKS, VERSION, task_folder
 from pqorder.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 METRICS = ("acc", "acc_norm")
 
@@ -37,12 +40,13 @@ def _import_lm_eval() -> None:
         ) from exc
 
 
-@lru_cache(maxsize=1)
-def _hub_task_names() -> frozenset[str]:
-    """Every task, group and tag lm-eval ships (indexing its YAMLs takes a few seconds)."""
+@lru_cache(maxsize=2)
+def _task_manager(with_hub: bool) -> TaskManager:
+    """lm-eval's task index over the offline task folder, and over every task lm-eval ships
+    when ``with_hub`` (indexing those YAMLs takes seconds: built once per process)."""
     from lm_eval.tasks import TaskManager
 
-    return frozenset(TaskManager().all_tasks)
+    return TaskManager(include_path=str(task_folder()), include_defaults=with_hub)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -88,7 +92,7 @@ class LmEvalProtocol:
         hub = [t for t in self.tasks if t not in OFFLINE_TASKS]
         if not hub:
             return
-        known = _hub_task_names()
+        known = set(_task_manager(with_hub=True).all_tasks)
         for task in hub:
             if task not in known:
                 close = difflib.get_close_matches(task, [*OFFLINE_TASKS, *known], n=3)
@@ -113,14 +117,10 @@ class LmEvalProtocol:
     def score(self, lm: object) -> float:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
 
         start = time.perf_counter()
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
-        manager = TaskManager(
-            include_path=str(task_folder()),
-            include_defaults=any(t not in OFFLINE_TASKS for t in self.tasks),
-        )
+        manager = _task_manager(with_hub=any(t not in OFFLINE_TASKS for t in self.tasks))
         wrapped = HFLM(
             pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=self.batch_size, device="cpu"
         )
