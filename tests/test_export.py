@@ -125,7 +125,7 @@ def test_compressed_tensors_int8_per_channel(tiny, tmp_path):
     ("fmt", "out", "pipeline", "message"),
     [
         ("compressed-tensors", "ct", "rtn:bits=4,group=128", "sym=true"),
-        ("compressed-tensors", "ct", "rtn:bits=3,group=128,sym=true", "int4 and int8 only"),
+        ("compressed-tensors", "ct", "rtn:bits=3,group=128,sym=true", "holds 4 and 8 bits only"),
         ("compressed-tensors", "ct", "magnitude:ratio=0.3", "no unit of this model is quantized"),
         ("gguf", "m.gguf", "rtn:bits=4,group=128", "asymmetric"),
         (
@@ -134,7 +134,7 @@ def test_compressed_tensors_int8_per_channel(tiny, tmp_path):
             "rtn:bits=4,group=48,sym=true",
             "does not map onto GGUF's 32-wide blocks",
         ),
-        ("gguf", "m.gguf", "rtn:bits=6,group=64,sym=true", "Q4_0 and Q8_0 only"),
+        ("gguf", "m.gguf", "rtn:bits=6,group=64,sym=true", "holds 4 and 8 bits only"),
     ],
 )
 def test_refusals_write_nothing(tiny, tmp_path, fmt, out, pipeline, message):

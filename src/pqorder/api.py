@@ -27,6 +27,7 @@ from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.select import calibration_for, protocol_for
+from pqorder.hardware import Placement
 from pqorder.methods.base import Method
 from pqorder.models.loading import load_model
 from pqorder.pipeline import parse_step
@@ -45,11 +46,14 @@ def open_study(
     cache: PrefixCache | bool = True,
     sequential: bool = False,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> Study:
     """Load ``model`` and open a study that stores runs (default store) and reuses prefixes.
 
     The protocol and calibration default to the model kind's (perplexity on Emma for LMs,
     top-1 on the own test split for vision models, WordNet retrieval for encoders).
+    ``placement`` (``pqorder.hardware.resolve_hardware("cuda", "bfloat16")``) says where the
+    model runs and in what dtype (default: CPU, float32).
     """
     protocol = protocol or protocol_for(model)
     protocol.validate()
@@ -59,7 +63,7 @@ def open_study(
         store = RunStore(store)
     if cache is True:
         cache = PrefixCache()
-    lm = load_model(model)
+    lm = load_model(model, placement)
     return Study(lm, protocol, calibration, store, cache or None, name, sequential, progress)
 
 

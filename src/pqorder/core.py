@@ -1,8 +1,8 @@
 """The types every layer shares: a loaded model, its runtime, what a method needs, a step context.
 
 This module sits at the bottom of the package: it imports only the pure-data modules below it
-(``errors``, ``state``), so the engine, the methods, the models and the studies can all name
-these types without importing each other.
+(``errors``, ``hardware``, ``quantgrid``, ``state``), so the engine, the methods, the models and
+the studies can all name these types without importing each other.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from pqorder.hardware import Placement
 from pqorder.state import CompressionState
 
 if TYPE_CHECKING:  # type names only: methods.base imports this module
@@ -67,6 +67,7 @@ class LoadedModel:
     runtime: Runtime | None = field(default=None, repr=False)  # made on demand by transforms
     kind: Kind = "causal-lm"
     caveat: str | None = None  # a fact about the checkpoint users should know (shown in output)
+    placement: Placement = field(default_factory=Placement)  # device, dtype (concrete), offload
 
     @property
     def max_context(self) -> int | None:
@@ -91,8 +92,8 @@ class StepContext:
     """Everything one step runs with: the model, its calibration, and how to run.
 
     ``compress_units`` runs a unit method over every unit through the one engine walk (a
-    model-level step such as QuaRot uses it for its weight quantizer). ``device`` and ``dtype``
-    are where the work runs and in what precision.
+    model-level step such as QuaRot uses it for its weight quantizer). Where the work runs and
+    in what precision is ``lm.placement``.
     """
 
     lm: LoadedModel
@@ -100,5 +101,3 @@ class StepContext:
     compress_units: UnitRunner
     progress: bool = True
     sequential: bool = False
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from pqorder.core import JSON, LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.errors import ConfigError, PqorderError
+from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method, ModelMethod, UnitMethod
 from pqorder.models.adapter import compressible_units, get_weight, set_weight, unit_shape
@@ -73,19 +74,27 @@ def _walk(
         sequential=ctx.sequential,
         progress=ctx.progress,
         label=label,
+        placement=ctx.lm.placement,
     )
 
 
 def _compress_units(ctx: StepContext, method: UnitMethod, label: str) -> ModelOutcome:
-    """Run a unit method over every unit, each within its existing constraint."""
+    """Run a unit method over every unit, each within its existing constraint.
+
+    The method sees the weight in float32 on the placement's device (its constraint moved
+    there too); the result is written back in the model's dtype and the constraint is kept in
+    host memory.
+    """
     lm = ctx.lm
+    device = lm.placement.device
     touched = []
     for name, module, stats in _walk(ctx, method, label):
-        w_new, constraint = method.compress_unit(get_weight(module), lm.state.get(name), stats)
+        w = get_weight(module).to(device)
+        w_new, constraint = method.compress_unit(w, lm.state.get(name).to(device), stats)
         if not torch.isfinite(w_new).all():
             raise PqorderError(f"{label} produced NaN/Inf weights in {name}")
         set_weight(module, w_new)
-        lm.state.set(name, constraint)
+        lm.state.set(name, constraint.to(CPU))
         touched.append(name)
     method.finish(ctx)
     return ModelOutcome(touched)

@@ -7,6 +7,8 @@ same input tensor (q/k/v, gate/up) share one Hessian. With ``sequential``, those
 are compressed one after another, each seeing the inputs produced by the already-compressed
 groups before it (attention projections, then the output projection, then the MLP).
 Memory holds one block's activations for the calibration set; the model is never copied.
+The activations and statistics live on the placement's device; with offload, each block is moved
+there for its turn and back to host memory after it (``pqorder.offload.resident``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pqorder.errors import PqorderError
+from pqorder.hardware import Placement
 from pqorder.models.adapter import (
     decoder_blocks,
     in_features,
@@ -28,6 +31,7 @@ from pqorder.models.adapter import (
     run_model,
     unit_inputs,
 )
+from pqorder.offload import resident
 from pqorder.stats import HessianAccumulator, UnitStats
 
 
@@ -138,13 +142,16 @@ def calibrated_units(
     sequential: bool = False,
     progress: bool = True,
     label: str = "",
+    placement: Placement | None = None,
 ) -> Iterator[tuple[str, nn.Module, UnitStats]]:
     """Yield every unit with its calibration statistics, block by block.
 
     The consumer compresses each yielded unit before asking for the next; the walk relies on
     that: it recomputes a block's outputs (and, when ``sequential``, later groups' inputs)
-    from the weights as the consumer left them.
+    from the weights as the consumer left them. ``placement`` (default: CPU) says where the
+    blocks run; the yielded units and their statistics are on its device.
     """
+    placement = placement or Placement()
     path, blocks = decoder_blocks(model)
     inputs = capture_block_inputs(model, tokens, batch_size)
     for index in tqdm(
@@ -153,14 +160,15 @@ def calibrated_units(
         block = blocks[index]
         prefix = f"{path}.{index}."
         block_units = {n: m for n, m in units.items() if n.startswith(prefix)}
-        groups = _input_groups(block, block_units, inputs)
-        rounds = [[g] for g in groups] if sequential else [groups]
-        for round_groups in rounds:
-            stats = _collect(block, block_units, round_groups, inputs)
-            for group in round_groups:
-                for name in group:
-                    yield name, block_units[name], stats[name]
-        outputs = run_block(block, inputs)
+        with resident(block, placement):
+            groups = _input_groups(block, block_units, inputs)
+            rounds = [[g] for g in groups] if sequential else [groups]
+            for round_groups in rounds:
+                stats = _collect(block, block_units, round_groups, inputs)
+                for group in round_groups:
+                    for name in group:
+                        yield name, block_units[name], stats[name]
+            outputs = run_block(block, inputs)
         for out in outputs:
             if not torch.isfinite(out).all():
                 raise PqorderError(f"NaN/Inf in the outputs of block {prefix[:-1]} during {label}")

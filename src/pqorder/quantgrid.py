@@ -31,6 +31,10 @@ class QuantGrid:
     def maxq(self) -> int:
         return 2**self.bits - 1
 
+    def to(self, device: torch.device) -> QuantGrid:
+        """The same grid with its scales and zeros on ``device``."""
+        return QuantGrid(self.bits, self.group_size, self.scale.to(device), self.zero.to(device))
+
     def expand(self, t: Tensor, in_features: int) -> Tensor:
         """Broadcast a (out, n_groups) tensor to (out, in_features)."""
         return t.repeat_interleave(self.group_size, dim=1)[:, :in_features]
@@ -52,8 +56,16 @@ class QuantGrid:
         zero = self.expand(self.zero, w.shape[1])
         return torch.clamp(torch.round(w / scale) + zero, 0, self.maxq).to(torch.int32)
 
-    def contains(self, w: Tensor, rtol: float = 1e-5) -> bool:
-        """Whether every weight lies on the grid (up to float rounding of scale * code)."""
+    def contains(self, w: Tensor, rtol: float = 1e-5, dtype: torch.dtype | None = None) -> bool:
+        """Whether every weight lies on the grid (up to float rounding of scale * code).
+
+        ``dtype`` is the precision the weights are stored in. In half precision a grid value
+        scale * code is rounded to the nearest representable number, and that number is the
+        grid point: a weight is on the grid when projecting it again and casting it back gives
+        it exactly (projection then cast is idempotent, so a value on the grid stays there).
+        """
+        if dtype in (torch.bfloat16, torch.float16):
+            return torch.equal(self.project(w.float()).to(dtype), w.to(dtype))
         tol = rtol * self.expand(self.scale, w.shape[1]).abs() + 1e-12
         return bool(((w - self.project(w)).abs() <= tol).all())
 

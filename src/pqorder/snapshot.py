@@ -25,8 +25,9 @@ class Snapshot:
 
 
 def model_weights(lm: LoadedModel) -> dict[str, Tensor]:
-    """An independent copy of every parameter and persistent buffer (tied ones copied apart)."""
-    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+    """An independent host-memory copy of every parameter and persistent buffer (tied ones
+    copied apart), wherever the model runs."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in lm.model.state_dict().items()}
 
 
 def load_weights(lm: LoadedModel, state: CompressionState, weights: dict[str, Tensor]) -> None:

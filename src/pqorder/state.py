@@ -45,6 +45,11 @@ class UnitConstraint:
             w = torch.where(self.mask, w, torch.zeros_like(w))
         return w
 
+    def to(self, device: torch.device) -> UnitConstraint:
+        """The same constraint with its tensors on ``device``."""
+        mask = None if self.mask is None else self.mask.to(device)
+        return UnitConstraint(mask, None if self.grid is None else self.grid.to(device))
+
     def kept(self, w: Tensor) -> Tensor:
         """Boolean mask of the weights still alive (all True when nothing is pruned)."""
         return self.mask if self.mask is not None else torch.ones_like(w, dtype=torch.bool)

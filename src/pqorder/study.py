@@ -23,6 +23,7 @@ from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import OrderError, PqorderError
 from pqorder.eval import Evaluator, evaluation_details, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
+from pqorder.hardware import CPU_FLOAT32
 from pqorder.methods.base import Method
 from pqorder.models.adapter import weight_matrix
 from pqorder.pipeline import Pipeline
@@ -69,14 +70,16 @@ class Study:
     # -- keys ---------------------------------------------------------------------------
     def _prefix_key(self, steps: Sequence[Method]) -> str:
         calibrated = needs(steps) > Need.NOTHING
-        return content_key(
-            {
-                "model": self.lm.name,
-                "steps": [s.to_text() for s in steps],
-                "sequential": self.sequential if calibrated else None,
-                "calibration": asdict(self.calibration) if calibrated else None,
-            }
-        )
+        key = {
+            "model": self.lm.name,
+            "steps": [s.to_text() for s in steps],
+            "sequential": self.sequential if calibrated else None,
+            "calibration": asdict(self.calibration) if calibrated else None,
+        }
+        numerics = self.lm.placement.numerics
+        if numerics != CPU_FLOAT32:  # runs made on CPU in float32 keep their earlier keys
+            key["numerics"] = numerics
+        return content_key(key)
 
     def run_key(self, steps: Sequence[Method], protocol: Evaluator | None = None) -> str:
         protocol = protocol or self.protocol
@@ -131,7 +134,9 @@ class Study:
             status="ok" if error is None else "failed",
             error=error,
             steps=[r.to_dict() for r in self._records[: len(steps)]] if error is None else [],
-            details=evaluation_details(protocol) if error is None else {},
+            details={**evaluation_details(protocol), "placement": self.lm.placement.describe()}
+            if error is None
+            else {},
             seconds=time.perf_counter() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )

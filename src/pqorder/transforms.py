@@ -48,7 +48,7 @@ def _attention(
     transform: AttentionTransform | None = getattr(module, "pqorder_attention", None)
     if transform is not None:
         if transform.rotation is not None:
-            r = transform.rotation.to(query.dtype)
+            r = transform.rotation.to(query)
             query, key = query @ r, key @ r
         q = transform.quant
         if q is not None and q.kv_bits is not None:
@@ -165,7 +165,7 @@ def _install_hooks(
         if online:
             down = block.mlp.down_proj
             h = online_rotation(in_features(down), rotation.kind, rotation.seed)
-            rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h)))
+            rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.to(x))))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():
             quant = functools.partial(quantize_input, module=unit, act=act)

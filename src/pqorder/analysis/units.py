@@ -102,13 +102,13 @@ def interference_table(results: Sequence[InterferenceResult]) -> Table:
 
 @torch.no_grad()
 def dense_hessians(study: Study) -> dict[str, Tensor]:
-    """Every unit's input Hessian on the dense model (one calibration pass, no compression)."""
+    """Every unit's input Hessian on the dense model (one calibration pass, no compression),
+    kept in host memory beside the dense weights they are compared with."""
     study.reset()
     lm = study.lm
-    walk = calibrated_units(
-        lm.model, compressible_units(lm.model), study.calibration_tokens(), progress=False
-    )
-    return {name: stats.hessian for name, _module, stats in walk}
+    units, tokens = compressible_units(lm.model), study.calibration_tokens()
+    walk = calibrated_units(lm.model, units, tokens, progress=False, placement=lm.placement)
+    return {name: stats.hessian.cpu() for name, _module, stats in walk}
 
 
 def _errors(study: Study, steps: tuple[Method, ...], hessians: dict[str, Tensor]) -> dict:
@@ -116,7 +116,7 @@ def _errors(study: Study, steps: tuple[Method, ...], hessians: dict[str, Tensor]
     study.materialize(steps)
     out = {}
     for name, module in compressible_units(study.lm.model).items():
-        delta = get_weight(module) - study.dense_weight(name)  # (out, in)
+        delta = get_weight(module).cpu() - study.dense_weight(name)  # (out, in)
         error = 0.5 * float((delta @ hessians[name] * delta).sum())
         out[name] = (error, study.lm.state.get(name).kept(delta))
     return out

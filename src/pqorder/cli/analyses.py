@@ -55,7 +55,7 @@ def _steps(texts: list[str]):
 
 
 @app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def recommend(
     methods: MethodsArg,
     collapse: Annotated[float, typer.Option(help="Collapse zone: ppl alone > this × dense.")] = 3.0,
@@ -109,7 +109,7 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 @app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def search(
     methods: MethodsArg,
     beam: Annotated[int, typer.Option(help="Beam width for more than 4 methods.")] = 3,
@@ -129,7 +129,7 @@ def search(
 
 
 @app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def grid(
     prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
     quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,
@@ -164,7 +164,7 @@ def print_pair_grid(result: PairGrid, model: str) -> None:
 
 
 @app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def sweep(
     prune: Annotated[
         list[str],
@@ -196,7 +196,7 @@ def print_sweep(result: SweepResult) -> None:
 
 
 @app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def interference(
     pair: Annotated[list[str], typer.Option(help="'prune-step | quant-step' (repeatable).")],
     protocol=None,

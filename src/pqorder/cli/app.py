@@ -86,6 +86,27 @@ StoreOpt = Annotated[
 ]
 StudyOpt = Annotated[str, typer.Option("--study", help="Study name runs are filed under.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached prefixes.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", help="Where the work runs: auto (cuda, else mps, else cpu), cpu, cuda[:N], mps."
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Model precision: auto (the checkpoint's own on a GPU, float32 on CPU), float32, "
+        "bfloat16, float16. Statistics and solvers stay in float32/float64.",
+    ),
+]
+OffloadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offload/--no-offload",
+        help="Keep the blocks in host memory and move one at a time to the device.",
+    ),
+]
 PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
 
 
@@ -129,6 +150,11 @@ _GROUPS = {
         ("calib_seqlen", CalibSeqlenOpt, 512),
         ("seed", SeedOpt, 0),
     ],
+    "hardware": [
+        ("device", DeviceOpt, "auto"),
+        ("dtype", DtypeOpt, "auto"),
+        ("offload", OffloadOpt, False),
+    ],
     "study": [
         ("model", ModelOpt, "smollm2-135m"),
         ("study", StudyOpt, "default"),
@@ -138,10 +164,12 @@ _GROUPS = {
 }
 
 
-def _open_study(model, name, protocol, calibration, store, no_cache):
+def _open_study(model, name, protocol, calibration, store, no_cache, placement):
     from pqorder import api
 
-    return api.open_study(model, name, protocol, calibration, store, cache=not no_cache)
+    return api.open_study(
+        model, name, protocol, calibration, store, cache=not no_cache, placement=placement
+    )
 
 
 def _resolve(annotation: object, fn: typing.Callable) -> object:
@@ -155,8 +183,10 @@ def with_options(*groups: str):
     ``@with_options("protocol", "calibration")`` gives the command ``--data --seqlen
     --max-tokens --batch-size --calib --calib-samples --calib-seqlen --seed`` and calls it
     with ``protocol=PerplexityProtocol(...)`` and ``calibration=CalibrationSpec(...)``,
-    validated before any work starts. The "study" group (after those two) adds ``--model
-    --study --store --no-cache`` and passes ``study``, a function that opens the Study.
+    validated before any work starts. The "hardware" group adds ``--device --dtype
+    --offload`` and passes ``placement`` (checked before any model is loaded). The "study"
+    group (after those) adds ``--model --study --store --no-cache`` and passes ``study``, a
+    function that opens the Study.
     """
 
     def decorate(fn):
@@ -201,6 +231,10 @@ def with_options(*groups: str):
                     raw["seed"],
                     raw.get("data", ""),
                 )
+            if "hardware" in groups:
+                from pqorder.hardware import resolve_hardware
+
+                kwargs["placement"] = resolve_hardware(raw["device"], raw["dtype"], raw["offload"])
             if "study" in groups:  # opened on demand, after the command checked its own input
                 kwargs["study"] = functools.partial(
                     _open_study,
@@ -210,6 +244,7 @@ def with_options(*groups: str):
                     kwargs["calibration"],
                     raw["store"],
                     raw["no_cache"],
+                    kwargs.pop("placement"),
                 )
             return fn(**kwargs)
 

@@ -60,7 +60,7 @@ def methods() -> None:
 
 
 @app.command()
-@with_options("protocol", "calibration")
+@with_options("protocol", "calibration", "hardware")
 def compress(
     model: ModelOpt = "smollm2-135m",
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help=PIPELINE_HELP)] = ...,
@@ -80,6 +80,7 @@ def compress(
     study: StudyOpt = "default",
     protocol=None,
     calibration=None,
+    placement=None,
 ) -> None:
     """Compress a model with a pipeline and save it (HF checkpoint + constraints + record)."""
     from pqorder.artifacts import save_compressed
@@ -93,7 +94,7 @@ def compress(
     check_output(out, overwrite)
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)
-    lm = load_model(model)
+    lm = load_model(model, placement)
     if evaluate:
         protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing
     result = run_pipeline(lm, pipe, calibration, sequential=sequential)
@@ -162,16 +163,17 @@ def _evaluate(lm, protocol, progress: bool, echo: bool = True) -> dict:
 
 
 @app.command("eval")
-@with_options("protocol")
+@with_options("protocol", "hardware")
 def eval_(
     model: ModelOpt = "smollm2-135m",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     protocol=None,
+    placement=None,
 ) -> None:
     """Perplexity (LMs), top-1 accuracy (vision) or retrieval top-1 (encoders) of a model."""
     from pqorder.models.loading import load_model
 
-    lm = load_model(model)
+    lm = load_model(model, placement)
     protocol.prepare(lm)
     result = _evaluate(lm, protocol, progress=not as_json, echo=not as_json)
     if as_json:

@@ -20,7 +20,7 @@ app.add_typer(study_app, name="study")
 
 
 @study_app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def rotation(
     prune: Annotated[
         list[str], typer.Option(help="Pruner step without its ratio (repeatable).")
@@ -52,7 +52,7 @@ def print_rotation(result: RotationStudy) -> None:
 
 
 @study_app.command()
-@with_options("protocol", "calibration", "study")
+@with_options("protocol", "calibration", "hardware", "study")
 def metrics(
     prune: Annotated[list[str] | None, typer.Option(help="Pruning step (repeatable).")] = None,
     quant: Annotated[list[str] | None, typer.Option(help="Quantization step (repeatable).")] = None,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pqorder.data.offline_tasks import OFFLINE_TASKS, VERSION, task_folder
 from pqorder.errors import ConfigError
+from pqorder.models.adapter import input_device
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -122,7 +123,10 @@ class LmEvalProtocol:
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
         manager = _task_manager(with_hub=any(t not in OFFLINE_TASKS for t in self.tasks))
         wrapped = HFLM(
-            pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=self.batch_size, device="cpu"
+            pretrained=lm.model,
+            tokenizer=lm.tokenizer,
+            batch_size=self.batch_size,
+            device=str(input_device(lm.model)[0]),
         )
         out = simple_evaluate(
             model=wrapped,

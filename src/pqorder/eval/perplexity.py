@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from pqorder.data.sources import load_text, tokenize
 from pqorder.errors import ConfigError
+from pqorder.models.adapter import model_input
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def evaluate_perplexity(
     model.eval()
     batches = range(0, n_windows, protocol.batch_size)
     for start in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
-        batch = windows[start : start + protocol.batch_size]
+        batch = model_input(model, windows[start : start + protocol.batch_size])
         logits = model(input_ids=batch, use_cache=False).logits.float()  # (B, T, V)
         nll = nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"

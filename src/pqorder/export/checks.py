@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor, nn
+
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
+from pqorder.models.adapter import get_weight
+from pqorder.quantgrid import QuantGrid
 
 KIND_NAMES = {"causal-lm": "causal language models", "vision": "the built-in ResNet CNNs"}
 
@@ -30,3 +35,22 @@ def check_plain_forward(lm: LoadedModel, fmt: str, kinds: tuple[str, ...] = ("ca
             f"--format {fmt} holds weights only; this model also fake-quantizes {what} in its "
             "forward pass (actquant), which the exported model would silently drop"
         )
+
+
+def signed_codes(name: str, module: nn.Module, grid: QuantGrid, fmt: str) -> Tensor:
+    """A unit's codes minus the symmetric zero (int8, host memory), after checking that the
+    format can hold its grid (4 or 8 bits, symmetric) and that its weights lie on it (in the
+    dtype the model stores them in)."""
+    half = 2 ** (grid.bits - 1)
+    if grid.bits not in (4, 8):
+        raise ConfigError(f"{name}: {grid.bits}-bit grid; {fmt} export holds 4 and 8 bits only")
+    if not bool((grid.zero == half).all()):
+        raise ConfigError(
+            f"{name} is on an asymmetric (zero-point) grid, which {fmt} cannot hold: quantize "
+            "with sym=true (e.g. 'rtn:bits=4,group=128,sym=true' or 'gptq:...,sym=true') to "
+            "export this model"
+        )
+    w = get_weight(module).cpu()
+    if not grid.contains(w, dtype=module.weight.dtype):
+        raise ConfigError(f"{name}: weights are off their recorded grid; the state is stale")
+    return (grid.codes(w) - half).to(torch.int8)

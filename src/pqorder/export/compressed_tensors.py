@@ -30,11 +30,8 @@ from torch import Tensor, nn
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
 from pqorder.export.checkpoint import dense_tensors, write_checkpoint
-from pqorder.export.checks import check_plain_forward
-from pqorder.models.adapter import compressible_units, get_weight
-from pqorder.quantgrid import QuantGrid
-
-BITS = (4, 8)
+from pqorder.export.checks import check_plain_forward, signed_codes
+from pqorder.models.adapter import compressible_units
 
 
 @dataclass(frozen=True)
@@ -49,24 +46,6 @@ class PackedUnit:
     codes: Tensor  # (out, in) signed int8
 
 
-def _signed_codes(name: str, w: Tensor, grid: QuantGrid) -> Tensor:
-    """The grid's codes minus the symmetric zero, after checking the grid is one it can hold."""
-    half = 2 ** (grid.bits - 1)
-    if grid.bits not in BITS:
-        raise ConfigError(
-            f"{name}: {grid.bits}-bit grid; compressed-tensors export supports int4 and int8 only"
-        )
-    if not bool((grid.zero == half).all()):
-        raise ConfigError(
-            f"{name} is on an asymmetric (zero-point) grid; transformers + compressed-tensors "
-            "cannot load asymmetric int checkpoints: quantize with sym=true (e.g. "
-            "'rtn:bits=4,group=128,sym=true' or 'gptq:...,sym=true') to export this model"
-        )
-    if not grid.contains(w):
-        raise ConfigError(f"{name}: weights are off their recorded grid; the state is stale")
-    return (grid.codes(w) - half).to(torch.int8)
-
-
 def plan_units(lm: LoadedModel) -> list[PackedUnit]:
     """Every unit with a grid, checked and converted, before anything is written."""
     check_plain_forward(lm, "compressed-tensors")
@@ -77,9 +56,8 @@ def plan_units(lm: LoadedModel) -> list[PackedUnit]:
             continue
         if not isinstance(module, nn.Linear):
             raise ConfigError(f"{name} is a {type(module).__name__}; only Linear layers export")
-        w = get_weight(module)
-        codes = _signed_codes(name, w, grid)
-        inp = w.shape[1]
+        codes = signed_codes(name, module, grid, "compressed-tensors")
+        inp = codes.shape[1]
         if grid.group_size >= inp:
             units.append(PackedUnit(name, grid.bits, "channel", None, grid.scale[:, :1], codes))
             continue

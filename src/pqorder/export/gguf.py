@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from gguf import GGMLQuantizationType
 from torch import Tensor
 
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
-from pqorder.export.checks import check_plain_forward
+from pqorder.export.checks import check_plain_forward, signed_codes
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight
 from pqorder.models.llama import head_dim
 from pqorder.quantgrid import QuantGrid
@@ -80,21 +79,6 @@ def _block_scales(name: str, grid: QuantGrid, inp: int) -> Tensor:
     return scale.contiguous().half()
 
 
-def _grid_codes(name: str, w: Tensor, grid: QuantGrid) -> Tensor:
-    """Signed codes (int8) of a symmetric 4- or 8-bit grid."""
-    half = 2 ** (grid.bits - 1)
-    if grid.bits not in (4, 8):
-        raise ConfigError(f"{name}: {grid.bits}-bit grid; GGUF export writes Q4_0 and Q8_0 only")
-    if not bool((grid.zero == half).all()):
-        raise ConfigError(
-            f"{name} is on an asymmetric (zero-point) grid; GGUF Q4_0/Q8_0 are symmetric: "
-            "quantize with sym=true to export this model"
-        )
-    if not grid.contains(w):
-        raise ConfigError(f"{name}: weights are off their recorded grid; the state is stale")
-    return (grid.codes(w) - half).to(torch.int8)
-
-
 def encode_blocks(codes: Tensor, scales: Tensor, bits: int) -> np.ndarray:
     """(out, in) signed codes and (out, in/32) fp16 scales → (out, bytes) raw Q8_0/Q4_0 rows."""
     out, inp = codes.shape
@@ -135,13 +119,14 @@ def plan_gguf(lm: LoadedModel) -> GGUFPlan:
             grid = lm.state.get(name).grid if name in units else None
             if grid is None:
                 w = get_weight(module) if name in units else module.weight.detach().float()
+                w = w.cpu()
                 if short in heads:
                     w = _permute_rows(w, heads[short])
                 plan.tensors.append((target, w.numpy(), None))
                 dense_units += [name] if name in units else []
                 continue
-            w = get_weight(module)
-            codes, scales = _grid_codes(name, w, grid), _block_scales(name, grid, w.shape[1])
+            codes = signed_codes(name, module, grid, "GGUF Q4_0/Q8_0")
+            scales = _block_scales(name, grid, codes.shape[1])
             if short in heads:
                 codes, scales = (
                     _permute_rows(codes, heads[short]),

@@ -32,13 +32,16 @@ def inverse_hessian_factor(h: Tensor, percdamp: float, name: str) -> tuple[Tenso
     their weights. A Hessian still singular after dampening is retried with 10× more
     dampening (with a warning) before giving up.
     """
+    device = h.device
+    if device.type == "mps":  # no float64 there: factor on the host
+        h = h.cpu()
     h = h.double().clone()  # (in, in); float64 for a stable factorization
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     mean_diag = torch.diagonal(h).mean()
     for attempt in range(MAX_DAMP_RETRIES + 1):
         damp = percdamp * 10**attempt
-        eye = torch.eye(h.shape[0], dtype=h.dtype)
+        eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
         chol, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
         if info == 0:
             inv = torch.cholesky_inverse(chol)
@@ -49,7 +52,7 @@ def inverse_hessian_factor(h: Tensor, percdamp: float, name: str) -> tuple[Tenso
                         f"{name}: Hessian singular with dampening {percdamp}; used {damp:g}",
                         stacklevel=2,
                     )
-                return upper.float(), dead
+                return upper.float().to(device), dead.to(device)
     raise PqorderError(
         f"{name}: Hessian singular even with dampening {damp:g}; use more calibration data"
     )

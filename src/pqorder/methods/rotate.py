@@ -67,17 +67,18 @@ def check_rotation(lm: LoadedModel, earlier: Sequence[Method], force: bool) -> N
 def _scale_columns(linears: Sequence[nn.Linear], norm: nn.Module) -> None:
     g = norm.weight.double()
     for lin in linears:
-        lin.weight.copy_(lin.weight.double() * g[None, :])
+        lin.weight.copy_(lin.weight.double() * g[None, :].to(lin.weight.device))
     norm.weight.fill_(1.0)
 
 
 def _inputs(lin: nn.Module, m: Tensor) -> None:
-    """The Linear reads x·m instead of x: W ← W·m."""
-    lin.weight.copy_(lin.weight.double() @ m)
+    """The Linear reads x·m instead of x: W ← W·m (in float64 on the weight's device)."""
+    lin.weight.copy_(lin.weight.double() @ m.to(lin.weight.device))
 
 
 def _outputs(lin: nn.Module, m: Tensor) -> None:
     """The Linear writes y·m instead of y: W ← mᵀ·W (and its bias)."""
+    m = m.to(lin.weight.device)
     lin.weight.copy_(m.t() @ lin.weight.double())
     if lin.bias is not None:
         lin.bias.copy_(lin.bias.double() @ m)
@@ -86,6 +87,7 @@ def _outputs(lin: nn.Module, m: Tensor) -> None:
 def _rotate_heads(v_proj: nn.Linear, o_proj: nn.Linear, r: Tensor) -> None:
     """Each head's values come out as v·r (v_proj rows), o_proj's columns take the inverse."""
     hd = r.shape[0]
+    r = r.to(v_proj.weight.device)
     w = v_proj.weight.double().view(-1, hd, v_proj.weight.shape[1])
     v_proj.weight.copy_(torch.einsum("ji,hjd->hid", r, w).reshape(v_proj.weight.shape))
     if v_proj.bias is not None:
@@ -119,7 +121,7 @@ def rotate_model(lm: LoadedModel, rotation: Rotation) -> None:
     _scale_columns([head], model.model.norm)
     _inputs(head, q)
     emb = model.get_input_embeddings()
-    emb.weight.copy_(emb.weight.double() @ q)
+    emb.weight.copy_(emb.weight.double() @ q.to(emb.weight.device))
 
 
 @register

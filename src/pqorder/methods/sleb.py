@@ -97,7 +97,7 @@ class _Scorer:
         for h, start in zip(
             hidden.hidden, range(0, len(self.tokens), self.batch_size), strict=True
         ):
-            ids = self.tokens[start : start + self.batch_size]
+            ids = self.tokens[start : start + self.batch_size].to(h.device)
             logits = self.head(self.norm(h)).float()
             total += nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
+from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Fraction, Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight, set_weight
@@ -48,7 +49,7 @@ def _zero(
 ) -> None:
     """Mask ``rows``/``cols`` of a unit on top of its constraint, then project the weight."""
     w = get_weight(module)
-    old = lm.state.get(name)
+    old = lm.state.get(name).to(w.device)
     mask = old.kept(w).clone()
     if rows is not None:
         mask[rows] = False
@@ -56,7 +57,7 @@ def _zero(
         mask[:, cols] = False
     new = UnitConstraint(mask=mask, grid=old.grid)
     set_weight(module, new.project(w))
-    lm.state.set(name, new)
+    lm.state.set(name, new.to(CPU))
 
 
 @register
@@ -91,7 +92,9 @@ class Structured(ModelMethod):
                 yield f"{path}.{i}", block, None
             return
         units = {f"{path}.{i}.{lead}": b.get_submodule(lead) for i, b in enumerate(blocks)}
-        walk = calibrated_units(lm.model, units, calibration, progress=progress, label=self.name)
+        walk = calibrated_units(
+            lm.model, units, calibration, progress=progress, label=self.name, placement=lm.placement
+        )
         for (name, _module, stats), block in zip(walk, blocks, strict=True):
             yield name.removesuffix(f".{lead}"), block, stats
 
@@ -105,7 +108,8 @@ class Structured(ModelMethod):
         per_group = scores.view(groups, -1)
         order = torch.argsort(per_group, dim=1)  # each group's heads, lowest score first
         even = k // groups
-        picked = (order[:, :even] + torch.arange(groups)[:, None] * per_group.shape[1]).ravel()
+        offsets = torch.arange(groups, device=order.device)[:, None] * per_group.shape[1]
+        picked = (order[:, :even] + offsets).ravel()
         if k % groups:
             nxt = order[:, even]  # each group's next candidate
             extra = torch.argsort(per_group.gather(1, nxt[:, None]).ravel())[: k % groups]
@@ -130,7 +134,7 @@ class Structured(ModelMethod):
                     x = torch.sqrt(torch.diagonal(norms).clamp(min=0))
                     per = (x * wo.abs().sum(0)).view(-1, hd).sum(1)
                 heads = self._prune_heads(per, kv_groups)
-                dims = (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+                dims = (heads[:, None] * hd + torch.arange(hd, device=heads.device)).reshape(-1)
                 _zero(lm, f"{prefix}.self_attn.q_proj", attn.q_proj, dims, None)
                 _zero(lm, f"{prefix}.self_attn.o_proj", attn.o_proj, None, dims)
                 touched += [f"{prefix}.self_attn.q_proj", f"{prefix}.self_attn.o_proj"]
@@ -140,6 +144,7 @@ class Structured(ModelMethod):
             online = rotation is not None and rotation.online
             h = online_rotation(wd.shape[1], rotation.kind, rotation.seed) if online else None
             if h is not None:
+                h = h.to(wd.device)
                 wd = wd @ h.t()  # back to channel space
                 norms = None if norms is None else h @ norms @ h.t()
             if norms is None:

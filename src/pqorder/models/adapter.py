@@ -148,8 +148,26 @@ def input_signature(module: nn.Module) -> tuple:
     return ()
 
 
+def input_device(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a model takes its inputs, and its float dtype: those of its first parameter
+    outside the blocks (the blocks may sit in host memory while the model runs offloaded)."""
+    path, _ = decoder_blocks(model)
+    for name, p in model.named_parameters():
+        if not name.startswith(f"{path}."):
+            return p.device, p.dtype
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def model_input(model: nn.Module, batch: Tensor) -> Tensor:
+    """``batch`` on the model's input device; images also in its dtype."""
+    device, dtype = input_device(model)
+    return batch.to(device, dtype) if batch.is_floating_point() else batch.to(device)
+
+
 def run_model(model: nn.Module, batch: Tensor) -> object:
     """One forward pass on a calibration batch: images (float) or token ids (integer)."""
+    batch = model_input(model, batch)
     if batch.is_floating_point():
         return model(batch)
     if "use_cache" in inspect.signature(model.forward).parameters:

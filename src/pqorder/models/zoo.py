@@ -23,6 +23,7 @@ from torch import nn
 
 from pqorder.data.images import load_images
 from pqorder.errors import AssetError
+from pqorder.models.adapter import model_input
 from pqorder.models.vision import ImageClassifier, resnet, vit
 from pqorder.paths import models_dir
 
@@ -59,10 +60,10 @@ RECIPES = {
 def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
     """Fraction of images whose highest logit is the label."""
     model.eval()
-    hits = sum(
-        int((model(images[i : i + batch]).argmax(dim=1) == labels[i : i + batch]).sum())
-        for i in range(0, len(labels), batch)
-    )
+    hits = 0
+    for i in range(0, len(labels), batch):
+        predicted = model(model_input(model, images[i : i + batch])).argmax(dim=1).cpu()
+        hits += int((predicted == labels[i : i + batch]).sum())
     return hits / len(labels)
 
 
