@@ -32,7 +32,7 @@ from pqorder.models.adapter import (
     run_model,
     unit_shape,
 )
-from pqorder.models.llama import head_dim
+from pqorder.models.architecture import attention_layout
 from pqorder.models.loading import load_model
 from pqorder.pipeline import Pipeline, load_recipe, parse_pipeline, parse_step
 from pqorder.snapshot import Snapshot, restore_snapshot, take_snapshot
@@ -212,7 +212,7 @@ def _pruned_groups(lm: LoadedModel, step: Method, record: StepRecord, before: Be
         else [("mlp.gate_proj", False), ("mlp.up_proj", False)]
         + ([] if online else [("mlp.down_proj", True)])
     )
-    size = head_dim(lm.model.config) if cfg.target == "heads" else 1
+    size = attention_layout(lm.model.config).head_dim if cfg.target == "heads" else 1
     for i, block in enumerate(blocks):
         dead_before, dead_after = [], []
         for part, columns in parts:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,39 +36,72 @@ from pqorder.stats import HessianAccumulator, UnitStats
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once block 0's inputs are recorded."""
+    """Raised by the capture hook once every block kind's inputs are recorded."""
 
 
 @dataclass
 class BlockInputs:
-    """Hidden states entering a block, per calibration batch, and the block's call kwargs."""
+    """Hidden states entering a block, per calibration batch, and the blocks' call kwargs."""
 
     hidden: list[Tensor]  # each (B, T, D), or (B, C, H, W) entering a CNN block
-    kwargs: list[dict[str, Any]]
+    kwargs: list[dict[str, Any]]  # block 0's, per batch
+    # Blocks of another layer type than block 0 (Gemma3's sliding- vs full-attention layers
+    # get other masks and rotary tables): their kwargs, per batch.
+    typed: dict[nn.Module, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def kwargs_of(self, block: nn.Module) -> list[dict[str, Any]]:
+        return self.typed.get(block, self.kwargs)
+
+    def then(self, hidden: list[Tensor]) -> BlockInputs:
+        """The inputs of the next block: ``hidden``, with the same call kwargs."""
+        return replace(self, hidden=hidden)
+
+
+def _layer_kinds(model: nn.Module, blocks: nn.ModuleList) -> dict[int, list[nn.Module]]:
+    """The index of the first block of each layer type (``config.layer_types``) → the blocks
+    of that type; {0: every block} when they are all called alike."""
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if types is None or len(types) != len(blocks) or len(set(types)) == 1:
+        return {0: list(blocks)}
+    kinds: dict[int, list[nn.Module]] = {}
+    for layer_type, block in zip(types, blocks, strict=True):
+        kinds.setdefault(types.index(layer_type), []).append(block)
+    return kinds
 
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> BlockInputs:
     """Run the model up to block 0 for every calibration batch and keep what block 0 sees.
 
-    ``tokens`` is a calibration set: token ids (n, T) or images (n, C, H, W).
+    ``tokens`` is a calibration set: token ids (n, T) or images (n, C, H, W). When layer types
+    differ (sliding/full attention), the pass goes on to the first block of each type to
+    record the kwargs it is called with.
     """
     _, blocks = decoder_blocks(model)
-    captured = BlockInputs([], [])
+    kinds = _layer_kinds(model, blocks)
+    kwargs: dict[int, list[dict[str, Any]]] = {i: [] for i in kinds}
+    captured = BlockInputs([], kwargs[0])
 
-    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.hidden.append(hidden.detach())
-        captured.kwargs.append(kwargs)
-        raise _StopForward
+    def hook(index: int, args: tuple, kw: dict) -> None:
+        hidden = args[0] if args else kw.pop("hidden_states")
+        if index == 0:
+            captured.hidden.append(hidden.detach())
+        kwargs[index].append(kw)
+        if index == max(kinds):
+            raise _StopForward
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [
+        blocks[i].register_forward_pre_hook(lambda _m, a, kw, i=i: hook(i, a, kw), with_kwargs=True)
+        for i in kinds
+    ]
     try:
         for start in range(0, tokens.shape[0], batch_size):
             with contextlib.suppress(_StopForward):
                 run_model(model, tokens[start : start + batch_size])
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    captured.typed = {b: kwargs[i] for i, group in kinds.items() if i for b in group}
     return captured
 
 
@@ -78,7 +111,7 @@ def _block_output(out: Any) -> Tensor:
 
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs, batches: int | None = None) -> list[Tensor]:
-    pairs = list(zip(inputs.hidden, inputs.kwargs, strict=True))[:batches]
+    pairs = list(zip(inputs.hidden, inputs.kwargs_of(block), strict=True))[:batches]
     return [_block_output(block(h, **kw)) for h, kw in pairs]
 
 
@@ -172,4 +205,4 @@ def calibrated_units(
         for out in outputs:
             if not torch.isfinite(out).all():
                 raise PqorderError(f"NaN/Inf in the outputs of block {prefix[:-1]} during {label}")
-        inputs = BlockInputs(outputs, inputs.kwargs)
+        inputs = inputs.then(outputs)

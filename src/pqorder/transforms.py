@@ -28,7 +28,7 @@ from pqorder.errors import PqorderError
 from pqorder.fakequant import fake_quant
 from pqorder.hadamard import random_rotation
 from pqorder.models.adapter import compressible_units, decoder_blocks, in_features
-from pqorder.models.llama import head_dim
+from pqorder.models.architecture import architecture, attention_layout
 from pqorder.state import ActivationQuant, Rotation
 
 ATTENTION = "pqorder"
@@ -109,8 +109,9 @@ def _set_blocks(lm: LoadedModel, rt: Runtime, removed: list[int]) -> None:
     config.num_hidden_layers = len(blocks)
     if rt.layer_types is not None and len(rt.layer_types) == len(rt.blocks):
         config.layer_types = [t for i, t in enumerate(rt.layer_types) if i not in removed]
+    arch = architecture(lm.model)
     for index, block in enumerate(blocks):
-        attn = getattr(block, "self_attn", None)
+        attn = block.get_submodule(arch.attention) if arch.attention else None
         if attn is not None and hasattr(attn, "layer_idx"):
             attn.layer_idx = index  # KV caches index layers by position
 
@@ -152,25 +153,25 @@ def _install_hooks(
     lm: LoadedModel, rt: Runtime, rotation: Rotation | None, act: ActivationQuant | None
 ) -> None:
     model = lm.model
+    arch = architecture(model)
     _, blocks = decoder_blocks(model)
     online = rotation is not None and rotation.online
-    for block in blocks:
-        attn = getattr(block, "self_attn", None)
-        if attn is not None:
-            r = None
-            if online:
-                r = online_rotation(head_dim(model.config), rotation.kind, rotation.seed)
-            needed = r is not None or (act is not None and act.kv_bits is not None)
-            attn.pqorder_attention = AttentionTransform(r, act) if needed else None
+    attentions = [b.get_submodule(arch.attention) for b in blocks] if arch.attention else []
+    r = None
+    if online:
+        r = online_rotation(attention_layout(model.config).head_dim, rotation.kind, rotation.seed)
+    needed = r is not None or (act is not None and act.kv_bits is not None)
+    for block, attn in zip(blocks, attentions, strict=True):
+        attn.pqorder_attention = AttentionTransform(r, act) if needed else None
         if online:
-            down = block.mlp.down_proj
+            down = block.get_submodule(arch.mlp_out)
             h = online_rotation(in_features(down), rotation.kind, rotation.seed)
             rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.to(x))))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():
             quant = functools.partial(quantize_input, module=unit, act=act)
             rt.handles.append(unit.register_forward_pre_hook(_pre_hook(quant)))
-    uses = any(getattr(getattr(b, "self_attn", None), "pqorder_attention", None) for b in blocks)
+    uses = any(getattr(attn, "pqorder_attention", None) for attn in attentions)
     if uses:
         _register_attention()
     if rt.attention is not None:

@@ -30,7 +30,7 @@ from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
 from pqorder.export.checks import check_plain_forward, signed_codes
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight
-from pqorder.models.llama import head_dim
+from pqorder.models.architecture import architecture, attention_layout
 from pqorder.quantgrid import QuantGrid
 
 BLOCK = 32
@@ -135,9 +135,8 @@ def plan_gguf(lm: LoadedModel) -> GGUFPlan:
             plan.tensors.append((target, encode_blocks(codes, scales, grid.bits), kinds[grid.bits]))
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     plan.tensors.append(("token_embd.weight", emb.detach().float().numpy(), None))
-    plan.tensors.append(
-        ("output_norm.weight", model.model.norm.weight.detach().float().numpy(), None)
-    )
+    norm = model.get_submodule(architecture(model).final_norm)
+    plan.tensors.append(("output_norm.weight", norm.weight.detach().float().numpy(), None))
     if head is not emb:
         plan.tensors.append(("output.weight", head.detach().float().numpy(), None))
     if dense_units:
@@ -181,7 +180,7 @@ def write_gguf(lm: LoadedModel, path: Path, plan: GGUFPlan) -> None:
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 1e4))))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_dimension_count(head_dim(config))
+    writer.add_rope_dimension_count(attention_layout(config).head_dim)
     writer.add_vocab_size(config.vocab_size)
     _write_tokenizer(writer, lm)
     for name, data, raw in plan.tensors:

@@ -1,8 +1,9 @@
 """Dense export with pruned structure sliced out: a smaller plain checkpoint transformers loads.
 
 What shrinks: blocks removed by SLEB (already gone from the module list; the config says how
-many remain), MLP channels and attention heads of LLaMA models. A channel j is dead when its
-gate_proj or up_proj row is fully masked (SiLU(0)·u = g·0 = 0), so dropping row j of gate/up
+many remain), MLP channels and attention heads of the families structured pruning supports
+(their ``Architecture`` names the units). A channel j is dead when its gate_proj or up_proj
+row is fully masked (act(0)·u = act(g)·0 = 0), so dropping row j of gate/up
 and column j of down changes no output. Plain transformers has one ``intermediate_size`` for
 all layers: every layer keeps as many channels as the widest one, a narrower layer filling up
 with dead channels (still exact zeros). Attention heads likewise: a head whose o_proj columns
@@ -29,7 +30,7 @@ from pqorder.export.checkpoint import dense_tensors, write_checkpoint
 from pqorder.export.checks import check_plain_forward
 from pqorder.export.shrink_cnn import CnnPlan, plan_cnn, write_cnn
 from pqorder.models.adapter import decoder_blocks
-from pqorder.models.llama import head_dim
+from pqorder.models.architecture import Architecture, architecture, attention_layout
 
 
 @dataclass
@@ -47,11 +48,11 @@ def _dead_rows(lm: LoadedModel, name: str) -> Tensor | None:
     return None if mask is None else ~mask.any(dim=1)
 
 
-def _kept_channels(lm: LoadedModel, prefix: str, width: int) -> Tensor:
+def _kept_channels(lm: LoadedModel, arch: Architecture, prefix: str, width: int) -> Tensor:
     """Boolean (width,) of the MLP channels of block ``prefix`` that can change the output."""
     dead = torch.zeros(width, dtype=torch.bool)
-    for part in ("gate_proj", "up_proj"):
-        rows = _dead_rows(lm, f"{prefix}.mlp.{part}")
+    for part in arch.mlp_in:  # gate and up
+        rows = _dead_rows(lm, f"{prefix}.{part}")
         if rows is not None:
             dead |= rows
     return ~dead
@@ -72,41 +73,45 @@ def plan_dense(lm: LoadedModel) -> DensePlan | CnnPlan:
             f"({config.num_hidden_layers} remain)"
         )
     path, blocks = decoder_blocks(lm.model)
-    if not all(hasattr(b, "mlp") and hasattr(b.mlp, "gate_proj") for b in blocks):
+    arch = architecture(lm.model)
+    if not arch.supports("structured"):  # no heads or channels were pruned as a whole
         return plan
     if getattr(config, "mlp_bias", False):
         raise ConfigError("--format dense: MLP biases keep pruned channels alive; not sliced")
     width = config.intermediate_size
-    kept = [_kept_channels(lm, f"{path}.{i}", width) for i in range(len(blocks))]
+    kept = [_kept_channels(lm, arch, f"{path}.{i}", width) for i in range(len(blocks))]
     keep = max(int(k.sum()) for k in kept)
     if keep < width:
         for i, alive in enumerate(kept):
             index = _live_first(alive, keep)  # all live channels, then dead ones if short
-            mlp = f"{path}.{i}.mlp"
-            for part in ("gate_proj", "up_proj"):
-                _take(tensors, f"{mlp}.{part}", index, dim=0)
-            _take(tensors, f"{mlp}.down_proj", index, dim=1)
+            for part in arch.mlp_in:
+                _take(tensors, f"{path}.{i}.{part}", index, dim=0)
+            _take(tensors, f"{path}.{i}.{arch.mlp_out}", index, dim=1)
         plan.config["intermediate_size"] = keep
         plan.notes.append(f"MLP channels sliced out: {width} → {keep} per layer")
-    _slice_heads(lm, path, len(blocks), plan)
+    _slice_heads(lm, arch, path, len(blocks), plan)
     return plan
 
 
-def _live_heads(lm: LoadedModel, prefix: str, heads: int, hd: int) -> Tensor:
+def _live_heads(lm: LoadedModel, o_proj: str, heads: int, hd: int) -> Tensor:
     """Boolean (heads,) of the query heads of one block whose o_proj columns are not all masked."""
-    mask = lm.state.get(f"{prefix}.self_attn.o_proj").mask
+    mask = lm.state.get(o_proj).mask
     if mask is None:
         return torch.ones(heads, dtype=torch.bool)
     return mask.any(dim=0).view(heads, hd).any(dim=1)
 
 
-def _slice_heads(lm: LoadedModel, path: str, n_blocks: int, plan: DensePlan) -> None:
+def _slice_heads(
+    lm: LoadedModel, arch: Architecture, path: str, n_blocks: int, plan: DensePlan
+) -> None:
     """Drop dead query heads (and KV heads left without a live query head) from every block."""
-    config = lm.model.config
-    heads, hd = config.num_attention_heads, head_dim(config)
-    groups = getattr(config, "num_key_value_heads", None) or heads
+    layout = attention_layout(lm.model.config)
+    heads, hd, groups = layout.heads, layout.head_dim, layout.kv_heads
     per = heads // groups
-    live = [_live_heads(lm, f"{path}.{i}", heads, hd).view(groups, per) for i in range(n_blocks)]
+    live = [
+        _live_heads(lm, f"{path}.{i}.{arch.attention_out}", heads, hd).view(groups, per)
+        for i in range(n_blocks)
+    ]
     keep_groups = max(int(h.any(dim=1).sum()) for h in live)
     keep_per = max(int(h.sum(dim=1).max()) for h in live)
     if (keep_groups, keep_per) == (groups, per):
@@ -120,11 +125,11 @@ def _slice_heads(lm: LoadedModel, path: str, n_blocks: int, plan: DensePlan) -> 
     for i, alive in enumerate(live):
         group_index = _live_first(alive.any(dim=1), keep_groups)
         q_heads = torch.cat([g * per + _live_first(alive[g], keep_per) for g in group_index])
-        attn = f"{path}.{i}.self_attn"
-        _take(plan.tensors, f"{attn}.q_proj", _rows(q_heads, hd), dim=0)
-        _take(plan.tensors, f"{attn}.o_proj", _rows(q_heads, hd), dim=1)
-        for part in ("k_proj", "v_proj"):
-            _take(plan.tensors, f"{attn}.{part}", _rows(group_index, hd), dim=0)
+        q, k, v = (f"{path}.{i}.{part}" for part in arch.qkv)
+        _take(plan.tensors, q, _rows(q_heads, hd), dim=0)
+        _take(plan.tensors, f"{path}.{i}.{arch.attention_out}", _rows(q_heads, hd), dim=1)
+        for part in (k, v):
+            _take(plan.tensors, part, _rows(group_index, hd), dim=0)
     plan.config.update(
         num_attention_heads=keep_groups * keep_per, num_key_value_heads=keep_groups, head_dim=hd
     )

@@ -4,9 +4,10 @@ Every compressible unit's input is rounded dynamically with ``bits`` bits, the r
 ``clip`` of the maximum: per token (``per=token``; for a Conv2d, per pixel across its input
 channels) or over the whole tensor (``per=tensor``, the usual CNN setting), symmetric or
 asymmetric min-max (``sym=false`` suits post-ReLU inputs). Keys and values are rounded per
-token and head (asymmetric, ``kv_bits``; LLaMA-family attention only). After a rotation the
-inputs are the rotated ones, which is what makes 4-bit activations workable. Combined with an
-earlier activation step, the setting with the lower bit-width of each kind is kept.
+token and head (asymmetric, ``kv_bits``; decoder families whose ``Architecture`` supports
+``kv-cache``). After a rotation the inputs are the rotated ones, which is what makes 4-bit
+activations workable. Combined with an earlier activation step, the setting with the lower
+bit-width of each kind is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import field_validator, model_validator
 
 from pqorder.core import LoadedModel, ModelOutcome, StepContext
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
-from pqorder.models.llama import check_llama_family
+from pqorder.models.architecture import architecture
 from pqorder.state import ActivationQuant
 from pqorder.transforms import sync
 
@@ -93,7 +94,7 @@ class ActQuant(ModelMethod):
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         if self.config.kv_bits is not None:
-            check_llama_family(lm.model, "KV-cache quantization")
+            architecture(lm.model).check("kv-cache", "KV-cache quantization")
 
     def apply(self, ctx: StepContext) -> ModelOutcome:
         return ModelOutcome(

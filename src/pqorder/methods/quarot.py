@@ -42,7 +42,7 @@ class QuaRot(ModelMethod):
     summary = "QuaRot(+GPTQ) presets: rotation, weight and activation/KV quantization in one step"
     Config = QuaRotConfig
     example = "quarot:preset=W4A8,weights=rtn"
-    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
+    kinds = frozenset({"causal-lm"})  # decoders of a family that supports rotation (checked)
     rotates = True
     keeps_units = False
 

@@ -1,6 +1,7 @@
 """QuaRot rotation (Ashkboos et al., 2024): the same function, with outliers spread out.
 
-RMSNorm scales are folded into the Linears that read the normalized stream, then the residual
+RMSNorm scales are folded into the Linears that read the normalized stream (families whose
+``Architecture`` supports ``rotate``: LLaMA, Mistral, Qwen2, Qwen3), then the residual
 stream is rotated by a randomized orthogonal Hadamard matrix Q fused into every weight: the
 embeddings and the Linears reading the stream (q/k/v, gate/up, lm_head) take W·Q, those
 writing it (o_proj, down_proj) take Qᵀ·W. With ``online``, the down-projection input is
@@ -28,7 +29,7 @@ from pqorder.errors import ConfigError, OrderError
 from pqorder.hadamard import random_rotation
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks
-from pqorder.models.llama import ATTENTION_INPUTS, MLP_INPUTS, check_llama_family, head_dim
+from pqorder.models.architecture import architecture, attention_layout
 from pqorder.state import Rotation
 from pqorder.transforms import online_rotation, sync
 
@@ -51,7 +52,7 @@ def _constrained_by(lm: LoadedModel, earlier: Sequence[Method]) -> list[str]:
 
 def check_rotation(lm: LoadedModel, earlier: Sequence[Method], force: bool) -> None:
     """The composition rules of a rotation, checked before any work."""
-    check_llama_family(lm.model, "rotation")
+    architecture(lm.model).check("rotate", "rotation")
     if lm.state.model.rotation is not None or any(m.rotates for m in earlier):
         raise ConfigError("the model is already rotated; rotate once, before other steps")
     before = _constrained_by(lm, earlier)
@@ -98,27 +99,32 @@ def _rotate_heads(v_proj: nn.Linear, o_proj: nn.Linear, r: Tensor) -> None:
 
 @torch.no_grad()
 def rotate_model(lm: LoadedModel, rotation: Rotation) -> None:
-    """Fold the norms and fuse ``rotation`` into ``lm`` (LLaMA family), recording it in state."""
+    """Fold the norms and fuse ``rotation`` into ``lm`` (a family that supports it), recording
+    it in state."""
     model = lm.model
+    arch = architecture(model)
     lm.state.model.rotation = rotation
     sync(lm)  # unties lm_head and installs the online transforms the fused weights assume
     _, blocks = decoder_blocks(model)
     q = random_rotation(model.config.hidden_size, rotation.seed, rotation.kind)
     for block in blocks:
-        attn, mlp = block.self_attn, block.mlp
-        _scale_columns([getattr(attn, n) for n in ATTENTION_INPUTS], block.input_layernorm)
-        _scale_columns([getattr(mlp, n) for n in MLP_INPUTS], block.post_attention_layernorm)
-        for lin in [*(getattr(attn, n) for n in ATTENTION_INPUTS), mlp.gate_proj, mlp.up_proj]:
+        qkv = [block.get_submodule(n) for n in arch.qkv]
+        mlp_in = [block.get_submodule(n) for n in arch.mlp_in]
+        attn_norm, mlp_norm = (block.get_submodule(n) for n in arch.input_norms)
+        out, down = block.get_submodule(arch.attention_out), block.get_submodule(arch.mlp_out)
+        _scale_columns(qkv, attn_norm)
+        _scale_columns(mlp_in, mlp_norm)
+        for lin in [*qkv, *mlp_in]:
             _inputs(lin, q)
-        _outputs(attn.o_proj, q)
-        _outputs(mlp.down_proj, q)
+        _outputs(out, q)
+        _outputs(down, q)
         if rotation.online:
-            down = mlp.down_proj
             _inputs(down, online_rotation(down.in_features, rotation.kind, rotation.seed).double())
-            r = online_rotation(head_dim(model.config), rotation.kind, rotation.seed).double()
-            _rotate_heads(attn.v_proj, attn.o_proj, r)
+            hd = attention_layout(model.config).head_dim
+            r = online_rotation(hd, rotation.kind, rotation.seed).double()
+            _rotate_heads(qkv[2], out, r)  # v_proj: rotation needs separate q/k/v
     head = model.get_output_embeddings()
-    _scale_columns([head], model.model.norm)
+    _scale_columns([head], model.get_submodule(arch.final_norm))
     _inputs(head, q)
     emb = model.get_input_embeddings()
     emb.weight.copy_(emb.weight.double() @ q.to(emb.weight.device))
@@ -132,7 +138,7 @@ class Rotate(ModelMethod):
     summary = "QuaRot: fold RMSNorm, fuse a randomized Hadamard rotation into every weight"
     Config = RotateConfig
     example = "rotate"
-    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
+    kinds = frozenset({"causal-lm"})  # decoders of a family that supports it (checked)
     rotates = True
     keeps_units = False
 

@@ -28,13 +28,12 @@ from tqdm.auto import tqdm
 
 from pqorder.core import LoadedModel, ModelOutcome, Need, Runtime, StepContext
 from pqorder.errors import ConfigError
-from pqorder.layerwise import BlockInputs, capture_block_inputs, run_block
+from pqorder.layerwise import capture_block_inputs, run_block
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import decoder_blocks
+from pqorder.models.architecture import architecture
 from pqorder.state import UnitConstraint
 from pqorder.transforms import runtime, sync
-
-FINAL_NORMS = ("model.norm", "model.decoder.final_layer_norm", "transformer.ln_f")
 
 
 class SLEBConfig(MethodConfig):
@@ -62,13 +61,16 @@ class SLEBConfig(MethodConfig):
         return self
 
 
-def _final_norm(model: nn.Module) -> nn.Module:
-    for path in FINAL_NORMS:
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    raise ConfigError(f"sleb cannot find the final norm of {type(model).__name__}")
+def _final(model: nn.Module) -> nn.Sequential:
+    """What runs between the last block and the LM head (the final norm; OPT's projection)."""
+    modules = []
+    for path in architecture(model).final:
+        module: object = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if module is not None:  # OPT: no final norm when post-norm, no projection when unneeded
+            modules.append(module)
+    return nn.Sequential(*modules)
 
 
 class _Scorer:
@@ -76,7 +78,7 @@ class _Scorer:
 
     def __init__(self, model: nn.Module, tokens: Tensor, batch_size: int) -> None:
         self.model, self.tokens, self.batch_size = model, tokens, batch_size
-        self.norm, self.head = _final_norm(model), model.get_output_embeddings()
+        self.final, self.head = _final(model), model.get_output_embeddings()
         _, blocks = decoder_blocks(model)
         self.blocks = list(blocks)
         self.inputs = [capture_block_inputs(model, tokens, batch_size)]
@@ -87,18 +89,18 @@ class _Scorer:
         del self.inputs[start + 1 :]
         for block in self.blocks[start:]:
             prev = self.inputs[-1]
-            self.inputs.append(BlockInputs(run_block(block, prev), prev.kwargs))
+            self.inputs.append(prev.then(run_block(block, prev)))
 
     def nll_without(self, j: int) -> float:
         hidden = self.inputs[j]
         for block in self.blocks[j + 1 :]:
-            hidden = BlockInputs(run_block(block, hidden), hidden.kwargs)
+            hidden = hidden.then(run_block(block, hidden))
         total, count = 0.0, 0
         for h, start in zip(
             hidden.hidden, range(0, len(self.tokens), self.batch_size), strict=True
         ):
             ids = self.tokens[start : start + self.batch_size].to(h.device)
-            logits = self.head(self.norm(h)).float()
+            logits = self.head(self.final(h)).float()
             total += nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]),
                 ids[:, 1:].reshape(-1),
@@ -158,7 +160,7 @@ class SLEB(ModelMethod):
     summary = "SLEB: greedily remove whole blocks by calibration perplexity (first/last kept)"
     Config = SLEBConfig
     example = "sleb:blocks=1,keep_first=0,samples=2"
-    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
+    kinds = frozenset({"causal-lm"})  # decoders of a declared family (checked in detail)
     requires = Need.INPUTS  # scores blocks on the samples itself
     constrains_weights = False
     keeps_units = False
@@ -172,7 +174,7 @@ class SLEB(ModelMethod):
         return cfg.blocks if cfg.blocks is not None else round(cfg.ratio * n_original)
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        _final_norm(lm.model)  # a decoder whose final norm sleb knows
+        architecture(lm.model).check("sleb", "sleb")
         t = lm.state.model
         n_original = len(runtime(lm).blocks)
         gone = len(t.removed_blocks) + sum(

@@ -1,8 +1,9 @@
-"""Structured pruning of attention heads and MLP channels (LLaMA family), masks kept in state.
+"""Structured pruning of attention heads and MLP channels, masks kept in state (families whose
+``Architecture`` supports ``structured``: LLaMA, Mistral, Qwen2, Qwen3, Gemma3).
 
 A pruned query head has its q_proj rows and o_proj columns zeroed (the o_proj columns are what
 remove its contribution); a pruned MLP channel j has row j of gate_proj and up_proj zeroed
-(SiLU(0)·0 = 0) and column j of down_proj when the down-projection input is not rotated online.
+(act(0)·0 = 0, SiLU or GELU) and column j of down_proj when its input is not rotated online.
 Shapes are kept: the zeros are masks in the composition state, so they survive later steps and
 can be sliced out at export. Each layer prunes k = ``round(ratio × n)`` of its n heads/channels.
 Query heads are spread evenly over their g key/value groups (GQA): every group loses
@@ -29,7 +30,7 @@ from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Fraction, Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight, set_weight
-from pqorder.models.llama import check_llama_family, head_dim
+from pqorder.models.architecture import architecture, attention_layout
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 from pqorder.transforms import online_rotation
@@ -68,7 +69,7 @@ class Structured(ModelMethod):
     summary = "zero whole attention heads or MLP channels by magnitude or activation-aware score"
     Config = StructuredConfig
     example = "structured:ratio=0.25"
-    kinds = frozenset({"causal-lm"})  # LLaMA-family decoders (checked in detail)
+    kinds = frozenset({"causal-lm"})  # decoders of a family that supports it (checked)
 
     @property
     def needs(self) -> Need:  # activation norms of each block's output projection
@@ -79,14 +80,15 @@ class Structured(ModelMethod):
         return "attention head" if self.config.target == "heads" else "MLP channel"
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        check_llama_family(lm.model, "structured pruning")
+        architecture(lm.model).check("structured", "structured pruning")
 
     def _blocks(
         self, lm: LoadedModel, calibration: Tensor | None, progress: bool
     ) -> Iterator[tuple[str, nn.Module, UnitStats | None]]:
         """(block prefix, block, stats of its output projection's input or None)."""
         path, blocks = decoder_blocks(lm.model)
-        lead = "self_attn.o_proj" if self.config.target == "heads" else "mlp.down_proj"
+        arch = architecture(lm.model)
+        lead = arch.attention_out if self.config.target == "heads" else arch.mlp_out
         if self.needs < Need.STATISTICS:
             for i, block in enumerate(blocks):
                 yield f"{path}.{i}", block, None
@@ -119,15 +121,16 @@ class Structured(ModelMethod):
     def apply(self, ctx: StepContext) -> ModelOutcome:
         lm = ctx.lm
         rotation = lm.state.model.rotation
-        config = lm.model.config
-        hd = head_dim(config)
-        kv_groups = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        arch = architecture(lm.model)
+        layout = attention_layout(lm.model.config)
+        hd, kv_groups = layout.head_dim, layout.kv_heads
         touched = []
         for prefix, block, stats in self._blocks(lm, ctx.calibration, ctx.progress):
             norms = None if stats is None else stats.hessian
             if self.config.target == "heads":
-                attn = block.self_attn
-                wq, wo = get_weight(attn.q_proj), get_weight(attn.o_proj)
+                q, o = arch.qkv[0], arch.attention_out
+                q_proj, o_proj = block.get_submodule(q), block.get_submodule(o)
+                wq, wo = get_weight(q_proj), get_weight(o_proj)
                 if norms is None:
                     per = (wq**2).sum(1).view(-1, hd).sum(1) + (wo**2).sum(0).view(-1, hd).sum(1)
                 else:
@@ -135,12 +138,12 @@ class Structured(ModelMethod):
                     per = (x * wo.abs().sum(0)).view(-1, hd).sum(1)
                 heads = self._prune_heads(per, kv_groups)
                 dims = (heads[:, None] * hd + torch.arange(hd, device=heads.device)).reshape(-1)
-                _zero(lm, f"{prefix}.self_attn.q_proj", attn.q_proj, dims, None)
-                _zero(lm, f"{prefix}.self_attn.o_proj", attn.o_proj, None, dims)
-                touched += [f"{prefix}.self_attn.q_proj", f"{prefix}.self_attn.o_proj"]
+                _zero(lm, f"{prefix}.{q}", q_proj, dims, None)
+                _zero(lm, f"{prefix}.{o}", o_proj, None, dims)
+                touched += [f"{prefix}.{q}", f"{prefix}.{o}"]
                 continue
-            mlp = block.mlp
-            wd = get_weight(mlp.down_proj)
+            down = block.get_submodule(arch.mlp_out)
+            wd = get_weight(down)
             online = rotation is not None and rotation.online
             h = online_rotation(wd.shape[1], rotation.kind, rotation.seed) if online else None
             if h is not None:
@@ -148,16 +151,16 @@ class Structured(ModelMethod):
                 wd = wd @ h.t()  # back to channel space
                 norms = None if norms is None else h @ norms @ h.t()
             if norms is None:
-                wg, wu = get_weight(mlp.gate_proj), get_weight(mlp.up_proj)
+                wg, wu = (get_weight(block.get_submodule(n)) for n in arch.mlp_in)
                 per = (wg**2).sum(1) + (wu**2).sum(1) + (wd**2).sum(0)
             else:
                 per = torch.sqrt(torch.diagonal(norms).clamp(min=0)) * wd.abs().sum(0)
             channels = self._prune(per)
-            for part in ("gate_proj", "up_proj"):
-                _zero(lm, f"{prefix}.mlp.{part}", getattr(mlp, part), channels, None)
-                touched.append(f"{prefix}.mlp.{part}")
+            for part in arch.mlp_in:  # gate and up
+                _zero(lm, f"{prefix}.{part}", block.get_submodule(part), channels, None)
+                touched.append(f"{prefix}.{part}")
             if h is None:
-                _zero(lm, f"{prefix}.mlp.down_proj", mlp.down_proj, None, channels)
-                touched.append(f"{prefix}.mlp.down_proj")
+                _zero(lm, f"{prefix}.{arch.mlp_out}", down, None, channels)
+                touched.append(f"{prefix}.{arch.mlp_out}")
         units = compressible_units(lm.model)
         return ModelOutcome([n for n in touched if n in units])

@@ -1,4 +1,4 @@
-"""Where a model keeps its blocks and compressible units (declarative, no subclass per model).
+"""A model's compressible units and how every method sees them (layouts: ``architecture``).
 
 Units are Linear layers (and GPT-2's Conv1D) and Conv2d layers inside the blocks. Every
 method sees a unit's weight as an (out, in) matrix: a Conv2d weight (out, C, kh, kw) is
@@ -16,39 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from pqorder.errors import ConfigError
-
-# Attribute paths of the repeated block list, per family: LLaMA/Mistral/Qwen, OPT, GPT-2,
-# GPT-NeoX, BERT-style encoders, vision models (ImageClassifier, timm).
-BLOCK_PATHS = (
-    "model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "encoder.layer",
-    "bert.encoder.layer",
-    "blocks",
-)
-
-
-def _resolve(model: nn.Module, path: str) -> nn.Module | None:
-    obj: object = model
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj if isinstance(obj, nn.ModuleList) else None
+from pqorder.models.architecture import architecture, resolve_blocks
 
 
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's repeated blocks and their attribute path."""
-    for path in BLOCK_PATHS:
-        blocks = _resolve(model, path)
-        if blocks is not None:
-            return path, blocks
-    raise ConfigError(
-        f"cannot find the transformer blocks of {type(model).__name__}; "
-        f"supported layouts: {', '.join(BLOCK_PATHS)}"
-    )
+    """The model's repeated blocks and their attribute path (from its ``Architecture``)."""
+    path = architecture(model).blocks
+    return path, resolve_blocks(model, path)
 
 
 def _is_unit(module: nn.Module) -> bool:
