@@ -32,7 +32,7 @@ from pqorder.models.adapter import (
     run_model,
     unit_shape,
 )
-from pqorder.models.architecture import attention_layout
+from pqorder.models.architecture import architecture, attention_layout
 from pqorder.models.loading import load_model
 from pqorder.pipeline import Pipeline, load_recipe, parse_pipeline, parse_step
 from pqorder.snapshot import Snapshot, restore_snapshot, take_snapshot
@@ -206,11 +206,11 @@ def _pruned_groups(lm: LoadedModel, step: Method, record: StepRecord, before: Be
     rotation = lm.state.model.rotation
     online = rotation is not None and rotation.online
     path, blocks = decoder_blocks(lm.model)
+    arch = architecture(lm.model)
     parts = (
-        [("self_attn.q_proj", False), ("self_attn.o_proj", True)]
+        [(arch.qkv[0], False), (arch.attention_out, True)]
         if cfg.target == "heads"
-        else [("mlp.gate_proj", False), ("mlp.up_proj", False)]
-        + ([] if online else [("mlp.down_proj", True)])
+        else [(name, False) for name in arch.mlp_in] + ([] if online else [(arch.mlp_out, True)])
     )
     size = attention_layout(lm.model.config).head_dim if cfg.target == "heads" else 1
     for i, block in enumerate(blocks):
@@ -368,12 +368,16 @@ def _apply_and_check(bench: Bench, step: Method, done: Sequence[Method]) -> None
 
 
 def _refusal(lm: LoadedModel, steps: Sequence[Method]) -> tuple[type[ConfigError], str] | None:
-    """The error (and message pattern) the declared rules refuse this order with, or None."""
-    if any(lm.kind not in s.kinds for s in steps):
-        config = getattr(lm.model, "config", None)
-        names = [type(lm.model).__name__, getattr(config, "model_type", "")]
-        return ConfigError, "|".join(filter(None, names))
+    """The error (and message pattern) the declared rules refuse this order with, or None:
+    step by step, a model kind or a family capability it lacks, then the order rules."""
+    arch = architecture(lm.model)
     for i, step in enumerate(steps):
+        if lm.kind not in step.kinds:
+            config = getattr(lm.model, "config", None)
+            names = [type(lm.model).__name__, getattr(config, "model_type", "")]
+            return ConfigError, "|".join(filter(None, names))
+        if not all(arch.supports(c) for c in step.capabilities):
+            return ConfigError, f"{step.name} needs .*; {arch.family} "
         if step.rotates:
             if any(s.rotates for s in steps[:i]):
                 return ConfigError, "already rotated"

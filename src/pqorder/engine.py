@@ -17,6 +17,7 @@ from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method, ModelMethod, UnitMethod
 from pqorder.models.adapter import compressible_units, get_weight, set_weight, unit_shape
+from pqorder.models.architecture import architecture
 from pqorder.stats import UnitStats
 
 
@@ -42,6 +43,7 @@ class StepRecord:
 def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
     """Every step can handle every unit and follow the steps before it: raised before work."""
     units = compressible_units(lm.model)
+    arch = architecture(lm.model)
     for i, step in enumerate(steps):
         if lm.kind not in step.kinds:
             config = getattr(lm.model, "config", None)
@@ -50,6 +52,8 @@ def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
                 f"{step.name} works on {' and '.join(sorted(step.kinds))} models; "
                 f"{lm.name} is a {lm.kind} model ({what})"
             )
+        for capability in sorted(step.capabilities):
+            arch.check(capability, step.name)
         step.check_composition(lm, list(steps[:i]))
         for name, module in units.items():
             step.check_unit(name, unit_shape(module))

@@ -12,15 +12,14 @@ bit-width of each kind is kept.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Literal
 
 from pydantic import field_validator, model_validator
 
 from pqorder.core import LoadedModel, ModelOutcome, StepContext
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
-from pqorder.models.architecture import architecture
+from pqorder.methods.base import MethodConfig, ModelMethod, register
+from pqorder.models.architecture import Capability
 from pqorder.state import ActivationQuant
 from pqorder.transforms import sync
 
@@ -92,9 +91,9 @@ class ActQuant(ModelMethod):
     def granularity(self) -> str:
         return self.config.per
 
-    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        if self.config.kv_bits is not None:
-            architecture(lm.model).check("kv-cache", "KV-cache quantization")
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset() if self.config.kv_bits is None else frozenset({"kv-cache"})
 
     def apply(self, ctx: StepContext) -> ModelOutcome:
         return ModelOutcome(

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from pqorder.core import Kind, LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.errors import ConfigError
+from pqorder.models.architecture import Capability
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
@@ -73,6 +74,11 @@ class Method(ABC):
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What the model's family must support (``Architecture``), checked before work."""
+        return frozenset()
 
     @property
     def needs(self) -> Need:

@@ -19,6 +19,7 @@ from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.methods.gptq import GPTQ, GPTQConfig
 from pqorder.methods.rotate import check_rotation, rotate_model
 from pqorder.methods.rtn import RTN, QuantConfig
+from pqorder.models.architecture import Capability
 from pqorder.state import Rotation
 
 PRESETS = {"W4A16": (4, None, None), "W4A8": (4, 8, None), "W4A4KV4": (4, 4, 4)}
@@ -58,6 +59,11 @@ class QuaRot(ModelMethod):
             if a_bits or kv_bits
             else None
         )
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        kv = self.activations is not None and self.activations.kv_bits is not None
+        return frozenset({"rotate", "kv-cache"} if kv else {"rotate"})
 
     @property
     def needs(self) -> Need:

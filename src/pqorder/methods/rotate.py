@@ -29,7 +29,7 @@ from pqorder.errors import ConfigError, OrderError
 from pqorder.hadamard import random_rotation
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks
-from pqorder.models.architecture import architecture, attention_layout
+from pqorder.models.architecture import Capability, architecture, attention_layout
 from pqorder.state import Rotation
 from pqorder.transforms import online_rotation, sync
 
@@ -52,7 +52,6 @@ def _constrained_by(lm: LoadedModel, earlier: Sequence[Method]) -> list[str]:
 
 def check_rotation(lm: LoadedModel, earlier: Sequence[Method], force: bool) -> None:
     """The composition rules of a rotation, checked before any work."""
-    architecture(lm.model).check("rotate", "rotation")
     if lm.state.model.rotation is not None or any(m.rotates for m in earlier):
         raise ConfigError("the model is already rotated; rotate once, before other steps")
     before = _constrained_by(lm, earlier)
@@ -145,6 +144,10 @@ class Rotate(ModelMethod):
     @property
     def granularity(self) -> str:
         return "model"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({"rotate"})
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
         check_rotation(lm, earlier, self.config.force)

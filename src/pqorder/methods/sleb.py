@@ -31,7 +31,7 @@ from pqorder.errors import ConfigError
 from pqorder.layerwise import capture_block_inputs, run_block
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import decoder_blocks
-from pqorder.models.architecture import architecture
+from pqorder.models.architecture import Capability, architecture
 from pqorder.state import UnitConstraint
 from pqorder.transforms import runtime, sync
 
@@ -169,12 +169,15 @@ class SLEB(ModelMethod):
     def granularity(self) -> str:
         return "block"
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({"sleb"})
+
     def count(self, n_original: int) -> int:
         cfg = self.config
         return cfg.blocks if cfg.blocks is not None else round(cfg.ratio * n_original)
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        architecture(lm.model).check("sleb", "sleb")
         t = lm.state.model
         n_original = len(runtime(lm).blocks)
         gone = len(t.removed_blocks) + sum(

@@ -19,7 +19,7 @@ is rotated; scores are taken back in channel space through the known rotation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
-from pqorder.methods.base import Fraction, Method, MethodConfig, ModelMethod, register
+from pqorder.methods.base import Fraction, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, decoder_blocks, get_weight, set_weight
-from pqorder.models.architecture import architecture, attention_layout
+from pqorder.models.architecture import Capability, architecture, attention_layout
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 from pqorder.transforms import online_rotation
@@ -79,8 +79,9 @@ class Structured(ModelMethod):
     def granularity(self) -> str:
         return "attention head" if self.config.target == "heads" else "MLP channel"
 
-    def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        architecture(lm.model).check("structured", "structured pruning")
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({"structured"})
 
     def _blocks(
         self, lm: LoadedModel, calibration: Tensor | None, progress: bool

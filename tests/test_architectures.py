@@ -1,0 +1,267 @@
+"""Every declared decoder family, as a tiny random-weight model built offline from its config
+(2 blocks, hidden 64, 4 query / 2 key-value heads where the family has GQA, seed 0): the
+declared layout matches what the forward pass runs, the layer-wise walk reproduces the model's
+own block outputs (Gemma3's sliding/full layers included), KV-cache fake quantization and
+rotation keep each family's function, and the registry's contract matrix runs every method
+alone, after a pruning step and after a quantization step (Qwen2/Qwen3 also before and after a
+rotation), or sees it refused by family name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import transformers
+from torch import Tensor
+
+from pqorder.core import LoadedModel
+from pqorder.engine import apply_step, check_pipeline
+from pqorder.errors import ConfigError
+from pqorder.layerwise import capture_block_inputs, run_block
+from pqorder.methods import REGISTRY
+from pqorder.methods.base import make_step
+from pqorder.models.adapter import compressible_units, decoder_blocks, run_model
+from pqorder.models.architecture import FAMILIES, Architecture, architecture
+from pqorder.pipeline import parse_step
+from pqorder.snapshot import take_snapshot
+from tests.test_contract import CELLS, EXAMPLES, Bench, _apply_and_check, _refusal
+
+GQA = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+CONFIGS = {  # family → a tiny config of it
+    "llama": lambda: transformers.LlamaConfig(**GQA),
+    "mistral": lambda: transformers.MistralConfig(**GQA),
+    "qwen2": lambda: transformers.Qwen2Config(**GQA),
+    "qwen3": lambda: transformers.Qwen3Config(**GQA, head_dim=16),
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **GQA,
+        head_dim=16,
+        sliding_window=8,  # shorter than the 16-token samples: the two layer types differ
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    "phi3": lambda: transformers.Phi3Config(**GQA),
+    "opt": lambda: transformers.OPTConfig(
+        vocab_size=128,
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+}
+UNITS = {"phi3": 8, "gpt2": 8, "opt": 12}  # the others: 7 units per block
+# Families that differ from LLaMA where a rotation acts (q/k/v biases, q/k norms) also run
+# every step before and after a rotation.
+ROTATED = ("qwen2", "qwen3")
+ROTATED_CELLS = tuple(CELLS)
+
+
+def tiny_family(family: str) -> LoadedModel:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
+    return LoadedModel(family, model, None)
+
+
+def _tokens(n: int, seed: int) -> Tensor:
+    return torch.randint(3, 128, (n, 16), generator=torch.Generator().manual_seed(seed))
+
+
+def _hidden(out: object) -> Tensor:
+    return out if isinstance(out, Tensor) else out[0]
+
+
+@pytest.fixture(scope="module")
+def families() -> dict[str, Bench]:
+    benches = {}
+    for family in CONFIGS:
+        lm = tiny_family(family)
+        benches[family] = Bench(lm, _tokens(8, 0), {"": take_snapshot(lm)})
+    return benches
+
+
+def _declared(family: str) -> Architecture:
+    return next(a for a in FAMILIES.values() if a.family == family)
+
+
+def test_every_declared_decoder_family_is_tested_and_found():
+    declared = {a.family for a in FAMILIES.values() if a.final}
+    assert declared == set(CONFIGS)
+    for family in CONFIGS:
+        lm = tiny_family(family)
+        assert architecture(lm.model) is _declared(family)
+        assert len(compressible_units(lm.model)) == UNITS.get(family, 14)
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+@torch.no_grad()
+def test_declared_layout_is_what_the_forward_pass_runs(families, family):
+    """Each block's units are exactly the declared ones; they run in the declared order; the
+    units of a group read one tensor, which is the output of the declared input norm."""
+    lm = families[family].lm
+    families[family].start(())
+    arch = architecture(lm.model)
+    path, blocks = decoder_blocks(lm.model)
+    block = blocks[1]
+    calls: list[tuple[str, int]] = []
+    norm_out: dict[str, int] = {}
+    names = [n for g in arch.sequence for n in g]
+    hooks = [
+        block.get_submodule(n).register_forward_hook(
+            lambda _m, a, _o, n=n: calls.append((n, id(a[0])))
+        )
+        for n in names
+    ]
+    hooks += [
+        block.get_submodule(n).register_forward_hook(
+            lambda _m, _a, o, n=n: norm_out.update({n: id(o)})
+        )
+        for n in arch.input_norms
+    ]
+    run_model(lm.model, _tokens(1, 1))
+    for h in hooks:
+        h.remove()
+    units = {n.removeprefix(f"{path}.1.") for n in compressible_units(lm.model) if ".1." in n}
+    assert set(names) == units
+    group_of = {n: i for i, g in enumerate(arch.sequence) for n in g}
+    order = [group_of[n] for n, _ in calls]
+    assert sorted(order) == order and len(order) == len(names)  # each once, groups in order
+    seen = dict(calls)
+    for group in arch.sequence:
+        assert len({seen[n] for n in group}) == 1, group
+    for norm, group in zip(arch.input_norms, (arch.qkv, arch.mlp_in), strict=True):
+        assert seen[group[0]] == norm_out[norm], (norm, group)
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+@torch.no_grad()
+def test_walk_reproduces_the_models_own_block_outputs(families, family):
+    """Captured block inputs and kwargs, run block after block, give what a plain forward
+    pass computes in each block (Gemma3: sliding and full attention layers differ)."""
+    lm = families[family].lm
+    families[family].start(())
+    _, blocks = decoder_blocks(lm.model)
+    tokens = _tokens(4, 2)
+    seen: dict[int, list[Tensor]] = {}
+    hooks = [
+        b.register_forward_hook(lambda _m, _a, o, i=i: seen.setdefault(i, []).append(_hidden(o)))
+        for i, b in enumerate(blocks)
+    ]
+    for start in (0, 2):
+        run_model(lm.model, tokens[start : start + 2])
+    for h in hooks:
+        h.remove()
+    inputs = capture_block_inputs(lm.model, tokens, batch_size=2)
+    for i, block in enumerate(blocks):
+        outputs = run_block(block, inputs)
+        for got, want in zip(outputs, seen[i], strict=True):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
+        inputs = inputs.then(outputs)
+
+
+@pytest.mark.parametrize("family", [f for f in CONFIGS if _declared(f).supports("kv-cache")])
+@torch.no_grad()
+def test_kv_cache_quantization_reaches_every_familys_attention(families, family):
+    """16-bit K/V through pqorder's attention function keeps the logits (masks, sliding
+    windows, scaling as the family's own attention); 2-bit K/V changes them."""
+    bench = families[family]
+    bench.start(())
+    tokens = _tokens(2, 3)
+    dense = run_model(bench.lm.model, tokens).logits
+    apply_step(bench.lm, make_step("actquant", {"bits": None, "kv_bits": 16}), progress=False)
+    near = run_model(bench.lm.model, tokens).logits
+    bench.start(())
+    apply_step(bench.lm, make_step("actquant", {"bits": None, "kv_bits": 2}), progress=False)
+    far = run_model(bench.lm.model, tokens).logits
+    bench.start(())
+    scale = dense.abs().max()
+    assert (near - dense).abs().max() < 1e-3 * scale
+    assert (far - dense).abs().max() > 1e-2 * scale
+
+
+def test_refusals_name_the_family_and_what_it_lacks(families):
+    opt, phi3 = families["opt"].lm, families["phi3"].lm
+    with pytest.raises(ConfigError) as err:
+        check_pipeline(opt, [parse_step("rotate")])
+    assert str(err.value) == (
+        "rotate needs a pre-norm RMSNorm layout with separate q/k/v and gate/up projections; "
+        "opt uses LayerNorm with bias"
+    )
+    with pytest.raises(ConfigError, match=r"structured needs .*; phi3 fuses q/k/v"):
+        check_pipeline(phi3, [parse_step("magnitude:ratio=0.5"), parse_step("structured")])
+    with pytest.raises(ConfigError, match=r"quarot needs .*; gemma3 uses \(1\+w\) RMSNorms"):
+        check_pipeline(families["gemma3"].lm, [parse_step("quarot")])
+    torch.manual_seed(0)
+    neox = transformers.AutoModelForCausalLM.from_config(
+        transformers.GPTNeoXConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+        )
+    )
+    lm = LoadedModel("neox", neox, None)
+    check_pipeline(lm, [parse_step("gptq:bits=4")])  # unit-wise methods work on any blocks
+    with pytest.raises(ConfigError, match=r"sleb needs .*; gpt_neox has no declared layout"):
+        check_pipeline(lm, [parse_step("sleb:blocks=1")])
+
+
+def _cases() -> Iterator[object]:
+    """(family, cell, step) for every registered example: alone, after a pruning step and after
+    a quantization step (and around a rotation on ``ROTATED``); a step the family cannot take
+    gets one cell, where it is refused."""
+    for family in CONFIGS:
+        arch = _declared(family)
+        for text in EXAMPLES.values():
+            step = parse_step(text)
+            refused = not all(arch.supports(c) for c in step.capabilities)
+            cells = ROTATED_CELLS if family in ROTATED else ("alone", "after-prune", "after-quant")
+            for cell in ("alone",) if refused else cells:
+                yield pytest.param(family, cell, text, id=f"{family}|{cell}|{text}")
+
+
+@pytest.mark.parametrize(("family", "cell", "text"), list(_cases()))
+def test_contract_on_every_family(families, family, cell, text):
+    bench = families[family]
+    earlier, later = CELLS[cell]
+    steps = tuple(parse_step(t) for t in (*earlier, text, *later))
+    bench.start(())
+    refusal = _refusal(bench.lm, steps)
+    if refusal is not None:
+        error, pattern = refusal
+        with pytest.raises(error, match=pattern):
+            check_pipeline(bench.lm, steps)
+        return
+    check_pipeline(bench.lm, steps)
+    bench.start(steps[: len(earlier)])
+    for i in range(len(earlier), len(steps)):
+        _apply_and_check(bench, steps[i], steps[:i])
+
+
+def test_the_matrix_covers_every_method_on_every_family():
+    ran = {(p.values[0], parse_step(p.values[2]).name) for p in _cases()}
+    assert ran == {(f, name) for f in CONFIGS for name in REGISTRY}
