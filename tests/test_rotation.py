@@ -174,7 +174,7 @@ def test_rotated_quantized_model_saves_and_loads(tiny, tmp_path):
 def test_rotation_names_an_unsupported_model_type():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     lm = LoadedModel("gpt2-tiny", model, None)
-    with pytest.raises(ConfigError, match="'gpt2' is not one of them"):
+    with pytest.raises(ConfigError, match="; gpt2 uses LayerNorm with bias"):
         check_pipeline(lm, parse_pipeline("rotate").steps)
-    with pytest.raises(ConfigError, match="'gpt2'"):
+    with pytest.raises(ConfigError, match="; gpt2 fuses q/k/v"):
         check_pipeline(lm, parse_pipeline("structured:target=heads").steps)

@@ -92,5 +92,5 @@ def test_bad_structured_settings_and_models_fail_before_work():
         with pytest.raises(ConfigError, match=message):
             parse_pipeline(bad)
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
-    with pytest.raises(ConfigError, match=r"structured pruning supports .*'gpt2'"):
+    with pytest.raises(ConfigError, match=r"structured needs .*; gpt2 fuses q/k/v"):
         check_pipeline(LoadedModel("gpt2-tiny", model, None), parse_pipeline("structured").steps)

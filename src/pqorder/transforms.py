@@ -161,12 +161,11 @@ def _install_hooks(
     if online:
         r = online_rotation(attention_layout(model.config).head_dim, rotation.kind, rotation.seed)
     needed = r is not None or (act is not None and act.kv_bits is not None)
-    for block, attn in zip(blocks, attentions, strict=True):
+    for attn in attentions:
         attn.pqorder_attention = AttentionTransform(r, act) if needed else None
-        if online:
-            down = block.get_submodule(arch.mlp_out)
-            h = online_rotation(in_features(down), rotation.kind, rotation.seed)
-            rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.to(x))))
+    for down in [b.get_submodule(arch.mlp_out) for b in blocks] if online else []:
+        h = online_rotation(in_features(down), rotation.kind, rotation.seed)
+        rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.to(x))))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():
             quant = functools.partial(quantize_input, module=unit, act=act)

@@ -192,7 +192,11 @@ def architecture(model: nn.Module) -> Architecture:
     name = model_type or type(model).__name__
     for path in OTHER_BLOCKS:
         if resolve_blocks(model, path) is not None:
-            reason = "has no declared layout (pqorder.models.architecture)"
+            reason = (
+                "has no declared layout (pqorder.models.architecture)"
+                if model_type
+                else "is not a transformers model"
+            )
             return Architecture(family=name, blocks=path, unsupported=_none(reason))
     raise ConfigError(
         f"cannot find the transformer blocks of {type(model).__name__}; supported families: "
