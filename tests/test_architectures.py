@@ -156,6 +156,37 @@ def test_declared_layout_is_what_the_forward_pass_runs(families, family):
         assert seen[group[0]] == norm_out[norm], (norm, group)
 
 
+def _normalized(norm: torch.nn.Module, x: Tensor, kind: str) -> Tensor:
+    """What a norm of the declared kind computes from its own parameters."""
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+    if kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm.weight + norm.bias
+    scale = norm.weight + 1 if kind == "rmsnorm+1" else norm.weight
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * scale
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+@torch.no_grad()
+def test_declared_norms_are_the_blocks_norms(families, family):
+    """Every norm inside a block is declared (input, output or per-head norm), the final norm
+    is a model norm, and each computes what the declared kind says (LayerNorm with its bias,
+    Gemma's (1+w) scale)."""
+    bench = families[family]
+    bench.start(())
+    model = bench.lm.model
+    arch = architecture(model)
+    block = decoder_blocks(model)[1][0]
+    norms = {n for n, m in block.named_modules() if "Norm" in type(m).__name__}
+    assert norms == {*arch.input_norms, *arch.output_norms, *arch.head_norms}
+    x = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    for name in arch.input_norms:
+        norm = block.get_submodule(name)
+        torch.testing.assert_close(norm(x), _normalized(norm, x, arch.norm), atol=1e-4, rtol=0)
+    final = model.get_submodule(arch.final_norm)
+    torch.testing.assert_close(final(x), _normalized(final, x, arch.norm), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("family", list(CONFIGS))
 @torch.no_grad()
 def test_walk_reproduces_the_models_own_block_outputs(families, family):

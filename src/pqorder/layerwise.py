@@ -36,7 +36,7 @@ from pqorder.stats import HessianAccumulator, UnitStats
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once every block kind's inputs are recorded."""
+    """Raised by the capture hook once the inputs of every layer type are recorded."""
 
 
 @dataclass
@@ -57,16 +57,16 @@ class BlockInputs:
         return replace(self, hidden=hidden)
 
 
-def _layer_kinds(model: nn.Module, blocks: nn.ModuleList) -> dict[int, list[nn.Module]]:
+def _by_layer_type(model: nn.Module, blocks: nn.ModuleList) -> dict[int, list[nn.Module]]:
     """The index of the first block of each layer type (``config.layer_types``) → the blocks
     of that type; {0: every block} when they are all called alike."""
     types = getattr(getattr(model, "config", None), "layer_types", None)
     if types is None or len(types) != len(blocks) or len(set(types)) == 1:
         return {0: list(blocks)}
-    kinds: dict[int, list[nn.Module]] = {}
+    groups: dict[int, list[nn.Module]] = {}
     for layer_type, block in zip(types, blocks, strict=True):
-        kinds.setdefault(types.index(layer_type), []).append(block)
-    return kinds
+        groups.setdefault(types.index(layer_type), []).append(block)
+    return groups
 
 
 @torch.no_grad()
@@ -78,8 +78,8 @@ def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> B
     record the kwargs it is called with.
     """
     _, blocks = decoder_blocks(model)
-    kinds = _layer_kinds(model, blocks)
-    kwargs: dict[int, list[dict[str, Any]]] = {i: [] for i in kinds}
+    firsts = _by_layer_type(model, blocks)
+    kwargs: dict[int, list[dict[str, Any]]] = {i: [] for i in firsts}
     captured = BlockInputs([], kwargs[0])
 
     def hook(index: int, args: tuple, kw: dict) -> None:
@@ -87,12 +87,12 @@ def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> B
         if index == 0:
             captured.hidden.append(hidden.detach())
         kwargs[index].append(kw)
-        if index == max(kinds):
+        if index == max(firsts):
             raise _StopForward
 
     handles = [
         blocks[i].register_forward_pre_hook(lambda _m, a, kw, i=i: hook(i, a, kw), with_kwargs=True)
-        for i in kinds
+        for i in firsts
     ]
     try:
         for start in range(0, tokens.shape[0], batch_size):
@@ -101,7 +101,7 @@ def capture_block_inputs(model: nn.Module, tokens: Tensor, batch_size: int) -> B
     finally:
         for handle in handles:
             handle.remove()
-    captured.typed = {b: kwargs[i] for i, group in kinds.items() if i for b in group}
+    captured.typed = {b: kwargs[i] for i, group in firsts.items() if i for b in group}
     return captured
 
 
