@@ -18,6 +18,7 @@ from torch import Tensor
 from pqorder.core import LoadedModel
 from pqorder.engine import apply_step, check_pipeline
 from pqorder.errors import ConfigError
+from pqorder.export import export_model
 from pqorder.layerwise import capture_block_inputs, run_block
 from pqorder.methods import REGISTRY
 from pqorder.methods.base import make_step
@@ -296,3 +297,25 @@ def test_contract_on_every_family(families, family, cell, text):
 def test_the_matrix_covers_every_method_on_every_family():
     ran = {(p.values[0], parse_step(p.values[2]).name) for p in _cases()}
     assert ran == {(f, name) for f in CONFIGS for name in REGISTRY}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma3"])
+@torch.no_grad()
+def test_pruned_heads_and_channels_slice_out_of_other_families(families, family, tmp_path):
+    """One head per KV group and a quarter of the MLP channels pruned: the dense export is a
+    smaller plain checkpoint of the family computing the same logits (Qwen2's q biases,
+    Qwen3/Gemma3's explicit head_dim and q/k norms, Gemma3's extra norms)."""
+    bench = families[family]
+    bench.start(())
+    lm = bench.lm
+    for text in ("structured:target=heads,ratio=0.5", "structured:ratio=0.25"):
+        apply_step(lm, parse_step(text), progress=False)
+    tokens = _tokens(2, 5)
+    pruned = run_model(lm.model, tokens).logits
+    folder = export_model(lm, "dense", tmp_path / family).path
+    bench.start(())
+    small = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    config = small.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 2)
+    assert config.intermediate_size == 96
+    torch.testing.assert_close(run_model(small, tokens).logits, pruned, atol=1e-5, rtol=1e-4)
