@@ -23,7 +23,7 @@ from pqorder.layerwise import capture_block_inputs, run_block
 from pqorder.methods import REGISTRY
 from pqorder.methods.base import make_step
 from pqorder.models.adapter import compressible_units, decoder_blocks, run_model
-from pqorder.models.architecture import FAMILIES, Architecture, architecture
+from pqorder.models.architecture import FAMILIES, Architecture, architecture, final_layers
 from pqorder.pipeline import parse_step
 from pqorder.snapshot import take_snapshot
 from tests.test_contract import CELLS, EXAMPLES, Bench, _apply_and_check, _refusal
@@ -319,3 +319,33 @@ def test_pruned_heads_and_channels_slice_out_of_other_families(families, family,
     assert (config.num_attention_heads, config.num_key_value_heads) == (2, 2)
     assert config.intermediate_size == 96
     torch.testing.assert_close(run_model(small, tokens).logits, pruned, atol=1e-5, rtol=1e-4)
+
+
+def _post_norm_opt() -> LoadedModel:
+    """OPT-350m's layout in small: post-norm blocks, no final norm, a projection to a narrower
+    embedding before the head."""
+    config = CONFIGS["opt"]()
+    config.do_layer_norm_before, config.word_embed_proj_dim = False, 32
+    torch.manual_seed(0)
+    return LoadedModel("opt-post", transformers.OPTForCausalLM(config).eval(), None)
+
+
+@pytest.mark.parametrize("family", [*CONFIGS, "opt-post"])
+@torch.no_grad()
+def test_final_layers_lead_from_the_last_block_to_the_logits(families, family):
+    """What SLEB scores through: head(final layers(last block's output)) is the model's logits."""
+    if family == "opt-post":
+        lm = _post_norm_opt()
+    else:
+        lm = families[family].lm
+        families[family].start(())
+    last = decoder_blocks(lm.model)[1][-1]
+    seen = []
+    hook = last.register_forward_hook(lambda _m, _a, o: seen.append(_hidden(o)))
+    logits = run_model(lm.model, _tokens(2, 6)).logits
+    hook.remove()
+    head = lm.model.get_output_embeddings()
+    torch.testing.assert_close(head(final_layers(lm.model)(seen[0])), logits, atol=1e-6, rtol=0)
+    if family == "opt-post":
+        apply_step(lm, parse_step("sleb:blocks=1,keep_first=0"), _tokens(4, 7), progress=False)
+        assert len(decoder_blocks(lm.model)[1]) == 1

@@ -31,7 +31,7 @@ from pqorder.errors import ConfigError
 from pqorder.layerwise import capture_block_inputs, run_block
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import decoder_blocks
-from pqorder.models.architecture import Capability, architecture
+from pqorder.models.architecture import Capability, final_layers
 from pqorder.state import UnitConstraint
 from pqorder.transforms import runtime, sync
 
@@ -61,24 +61,12 @@ class SLEBConfig(MethodConfig):
         return self
 
 
-def _final(model: nn.Module) -> nn.Sequential:
-    """What runs between the last block and the LM head (the final norm; OPT's projection)."""
-    modules = []
-    for path in architecture(model).final:
-        module: object = model
-        for part in path.split("."):
-            module = getattr(module, part, None)
-        if module is not None:  # OPT: no final norm when post-norm, no projection when unneeded
-            modules.append(module)
-    return nn.Sequential(*modules)
-
-
 class _Scorer:
     """Calibration NLL of the model with one block skipped, from cached block inputs."""
 
     def __init__(self, model: nn.Module, tokens: Tensor, batch_size: int) -> None:
         self.model, self.tokens, self.batch_size = model, tokens, batch_size
-        self.final, self.head = _final(model), model.get_output_embeddings()
+        self.final, self.head = final_layers(model), model.get_output_embeddings()
         _, blocks = decoder_blocks(model)
         self.blocks = list(blocks)
         self.inputs = [capture_block_inputs(model, tokens, batch_size)]

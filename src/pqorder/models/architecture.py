@@ -124,7 +124,7 @@ FAMILIES: dict[str, Architecture] = {  # by config.model_type
         attention_out="self_attn.out_proj",
         mlp_in=("fc1",),
         mlp_out="fc2",
-        input_norms=("self_attn_layer_norm", "final_layer_norm"),
+        input_norms=("self_attn_layer_norm", "final_layer_norm"),  # after them if post-norm
         unsupported=(
             ("rotate", "uses LayerNorm with bias"),
             ("structured", "has an ungated fc1/fc2 MLP"),
@@ -203,6 +203,19 @@ def architecture(model: nn.Module) -> Architecture:
         f"{', '.join(a.family for a in FAMILIES.values())}; other layouts: "
         f"{', '.join(OTHER_BLOCKS)}"
     )
+
+
+def final_layers(model: nn.Module) -> nn.Sequential:
+    """What runs between the last block and the LM head, in order (the modules a checkpoint
+    lacks are left out: OPT's final norm when post-norm, its projection when not needed)."""
+    modules = []
+    for path in architecture(model).final:
+        module: object = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if module is not None:
+            modules.append(module)
+    return nn.Sequential(*modules)
 
 
 def attention_layout(config: object) -> AttentionLayout:
