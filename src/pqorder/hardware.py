@@ -61,13 +61,13 @@ def resolve_device(device: str) -> torch.device:
 def _check_runs(device: torch.device, dtype: torch.dtype) -> None:
     """Refuse a dtype the device cannot compute in."""
     name = str(dtype).removeprefix("torch.")
-    if device.type == "cuda" and dtype == torch.bfloat16:
-        if not torch.cuda.is_bf16_supported(including_emulation=False):
-            major, minor = torch.cuda.get_device_capability(device)
-            raise ConfigError(
-                f"--dtype bfloat16: {device} (compute capability {major}.{minor}) has no native "
-                "bfloat16 (needs 8.0+); use float16 or float32"
-            )
+    bf16_on_cuda = device.type == "cuda" and dtype == torch.bfloat16
+    if bf16_on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(
+            f"--dtype bfloat16: {device} (compute capability {major}.{minor}) has no native "
+            "bfloat16 (needs 8.0+); use float16 or float32"
+        )
     if device.type == "mps":
         try:
             torch.ones(1, dtype=dtype, device=device)

@@ -337,4 +337,3 @@ def check_fits(
             f"needs {gib(plan.host_peak)} GiB of host RAM ({_parts(plan.host_parts)}), "
             f"{gib(host_free)} GiB available; free memory or use a machine with more RAM"
         )
-

@@ -23,8 +23,9 @@ DeviceOpt = Annotated[
 ]
 DtypeOpt = Annotated[
     str,
-    typer.Option(help="auto (the model's own dtype on a GPU, float32 on CPU), float32, "
-    "bfloat16 or float16."),
+    typer.Option(
+        help="auto (the model's own dtype on a GPU, float32 on CPU), float32, bfloat16 or float16."
+    ),
 ]
 OffloadOpt = Annotated[
     bool,
