@@ -29,7 +29,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Built-in alias (smollm2-135m, minilm, fmnist-cnn, fmnist-vit, digits-cnn), "
+        help="Built-in alias (smollm2-135m, gemma3-270m [opt-in], minilm, fmnist-cnn, fmnist-vit, "
+        "digits-cnn), "
         "resnet18 / deit-base (torchvision / timm + network), directory or hub id.",
     ),
 ]
@@ -53,7 +54,8 @@ ProtocolOpt = Annotated[
     str,
     typer.Option(
         "--protocol",
-        help="Causal LMs: 'perplexity' (default) or 'lm-eval' (zero-shot tasks, see --tasks).",
+        help="Causal LMs: 'perplexity' (default), 'lm-eval' (zero-shot tasks, see --tasks) or "
+        "'paper' (WikiText-2 test at seqlen 2048, C4 calibration 128 x 2048 seed 0; network).",
     ),
 ]
 TasksOpt = Annotated[
@@ -200,6 +202,7 @@ def with_options(*groups: str):
                     raw["calib_seqlen"],
                     raw["seed"],
                     raw.get("data", ""),
+                    raw.get("eval_protocol", "perplexity"),
                 )
             if "study" in groups:  # opened on demand, after the command checked its own input
                 kwargs["study"] = functools.partial(
