@@ -235,7 +235,8 @@ def plan_memory(
         entry = sum(t.numel() * t.element_size() for t in fake.state_dict().values())
         per_sample, kwargs, transient, widths, solver = _walk_shapes(fake, calib_seqlen)
         evaluation = _forward_peak(fake, eval_batch, eval_seqlen, kind == "causal-lm")
-        calib_forward = _forward_peak(fake, CALIB_BATCH, calib_seqlen, kind == "causal-lm")
+        if need == Need.INPUTS:
+            calib_forward = _forward_peak(fake, CALIB_BATCH, calib_seqlen, kind == "causal-lm")
     batches = math.ceil(calib_samples / CALIB_BATCH)
     activations = 2 * calib_samples * per_sample + batches * kwargs
     statistics = sum(12 * w * w for w in widths)  # float64 sum + float32 result per group
@@ -326,7 +327,7 @@ def check_fits(
         fix = (
             "use --offload"
             if not plan.offload and plan.device.type != "cpu"
-            else "use fewer --calib-samples or a shorter --calib-seqlen, or a larger device"
+            else "lower --calib-samples, --calib-seqlen or --batch-size, or use a larger device"
         )
         raise ConfigError(
             f"needs {gib(plan.device_peak)} GiB on {where} ({_parts(plan.device_parts)}), "
