@@ -213,8 +213,10 @@ def plan_memory(
     calib_seqlen: int = 512,
     eval_seqlen: int = 512,
     eval_batch: int = 4,
+    evaluate: bool = True,
 ) -> MemoryPlan:
-    """The memory plan of running ``steps`` on ``model`` (then evaluating it) on ``device``."""
+    """The memory plan of running ``steps`` on ``model`` on ``device``, then evaluating it
+    (perplexity, ``eval_batch`` windows of ``eval_seqlen``) when ``evaluate``."""
     if calib_samples < 1 or calib_seqlen < 2 or eval_seqlen < 2 or eval_batch < 1:
         raise ConfigError(
             "the plan needs calib_samples >= 1, calib_seqlen >= 2, seqlen >= 2 and batch >= 1"
@@ -247,7 +249,7 @@ def plan_memory(
     resident = (
         [("outside blocks", outside), ("one block", block)] if offload else [("weights", weights)]
     )
-    candidates = [[("evaluation", evaluation)]]
+    candidates = [[("evaluation", evaluation if evaluate else 0)]]
     if need == Need.INPUTS:
         candidates.append([("calibration forward", calib_forward)])
     if need == Need.STATISTICS:

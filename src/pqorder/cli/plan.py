@@ -73,6 +73,9 @@ def plan(
     calib_seqlen: CalibSeqlenOpt = 512,
     seqlen: SeqlenOpt = 512,
     batch_size: BatchOpt = 4,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Plan for an evaluation after compressing.")
+    ] = True,
     free: FreeOpt = None,
 ) -> None:
     """Print the memory plan of compressing MODEL with PIPELINE and evaluating it, computed
@@ -84,7 +87,16 @@ def plan(
     steps = resolve_pipeline(pipeline).steps
     where, precision = resolve_hardware(device, dtype, config_dtype(model), free is None)
     memory = plan_memory(
-        model, steps, where, precision, offload, calib_samples, calib_seqlen, seqlen, batch_size
+        model,
+        steps,
+        where,
+        precision,
+        offload,
+        calib_samples,
+        calib_seqlen,
+        seqlen,
+        batch_size,
+        evaluate,
     )
     table = Table("item", "GiB", "what")
     for label, size, note in _rows(memory):
