@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from typer.testing import CliRunner
 
 from pqorder.cli import app
@@ -15,7 +16,7 @@ from pqorder.errors import ConfigError
 from pqorder.hardware import resolve_device, resolve_hardware
 from pqorder.models.adapter import decoder_blocks
 from pqorder.pipeline import parse_pipeline
-from pqorder.plan import GIB, check_fits, config_dtype, plan_memory
+from pqorder.plan import GIB, LiveBytes, check_fits, config_dtype, plan_memory
 
 LLAMA_7B = str(Path(__file__).parent / "data" / "llama-2-7b")
 # LLaMA-2-7B: 32 blocks of 4·4096² attention + 3·4096·11008 MLP + 2·4096 norm weights,
@@ -79,7 +80,7 @@ def test_refusal_names_the_numbers(plan_7b):
         check_fits(whole, device_free=16 * GIB, host_free=64 * GIB)
     with pytest.raises(
         ConfigError,
-        match=r"GiB of host RAM \(runtime 0\.5, weights 12\.6\), "
+        match=r"GiB of host RAM \(runtime 0\.50, weights 12\.6\), "
         r"8\.0 GiB available",
     ):
         check_fits(plan_7b, device_free=24 * GIB, host_free=8 * GIB)
@@ -90,7 +91,7 @@ def test_cpu_refusal_counts_host_ram(smol):
     plan = plan_memory("smollm2-135m", steps, torch.device("cpu"), torch.float32, False, 16, 128)
     assert plan.need == Need.STATISTICS
     with pytest.raises(
-        ConfigError, match=r"on host RAM \(weights 0\.5, .*0\.2 GiB free; lower --calib-samples"
+        ConfigError, match=r"on host RAM \(weights 0\.50, .*0\.20 GiB free; lower --calib-samples"
     ):
         check_fits(plan, device_free=GIB // 5)
     check_fits(plan, device_free=8 * GIB)
@@ -189,3 +190,16 @@ def test_devices_this_machine_lacks(monkeypatch):
         resolve_device("mps")
     with pytest.raises(ConfigError, match="name the one to plan for"):
         resolve_hardware("auto", "auto", None, present=False)
+
+
+def test_live_bytes_counts_new_tensors_while_they_live():
+    with FakeTensorMode():
+        x = torch.empty(1000, 1000)
+        with LiveBytes() as tracker:
+            y = x * 2  # 4 MB
+            z = (y + 1).t()  # 4 MB more; the transpose is a view
+            del y
+            w = z * 3  # y is gone: still 8 MB at most
+            del w, z
+    assert tracker.peak == 8_000_000
+    assert tracker.live == 0

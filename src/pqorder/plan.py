@@ -32,6 +32,7 @@ from pqorder.errors import AssetError, ConfigError
 from pqorder.layerwise import _input_groups, capture_block_inputs
 from pqorder.methods.base import Method
 from pqorder.methods.obs import SolverSettings
+from pqorder.models import encoder
 from pqorder.models.adapter import compressible_units, decoder_blocks, in_features, unit_shape
 from pqorder.models.loading import ALIASES, model_kind
 
@@ -75,7 +76,8 @@ class MemoryPlan:
 
 
 def gib(n: int) -> str:
-    return f"{n / GIB:.1f}"
+    """Bytes as GiB: one decimal from 1 GiB up, two below."""
+    return f"{n / GIB:.1f}" if n >= GIB else f"{n / GIB:.2f}"
 
 
 def _dtype_of(config: object) -> torch.dtype | None:
@@ -95,11 +97,12 @@ def model_config(model: str) -> object:
             f"the memory plan covers transformers models (causal LMs, encoders); {model} is a "
             "vision model"
         )
-    source = ALIASES[model]() if model in ALIASES else model
-    if model == "minilm":
-        from pqorder.models.encoder import model_dir
-
-        source = model_dir()
+    if model in ALIASES:
+        source = ALIASES[model]()
+    elif model == encoder.ALIAS:
+        source = encoder.model_dir()
+    else:
+        source = model
     try:
         return AutoConfig.from_pretrained(source)
     except OSError as exc:
@@ -115,7 +118,7 @@ def config_dtype(model: str) -> torch.dtype | None:
     return _dtype_of(model_config(model))
 
 
-class _LiveBytes(TorchDispatchMode):
+class LiveBytes(TorchDispatchMode):
     """Peak bytes of the tensors operators allocate while it is active (views not counted)."""
 
     def __init__(self) -> None:
@@ -130,7 +133,11 @@ class _LiveBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         returns = func._schema.returns
         results = out if isinstance(out, (tuple, list)) else (out,)
-        for ret, t in zip(returns, results, strict=False):
+        if not returns:
+            return out
+        if len(returns) != len(results):  # one Tensor[] return: its alias info covers all
+            returns = returns[:1] * len(results)
+        for ret, t in zip(returns, results, strict=True):
             if isinstance(t, Tensor) and ret.alias_info is None:  # a new tensor, not a view
                 n = t.numel() * t.element_size()
                 self.live += n
@@ -174,7 +181,7 @@ def _walk_shapes(model: nn.Module, seqlen: int) -> tuple[int, int, int, list[int
     units = compressible_units(model)
     block_units = {n: m for n, m in units.items() if n.startswith(f"{path}.0.")}
     groups = _input_groups(blocks[0], block_units, inputs)
-    with _LiveBytes() as tracker, torch.no_grad():
+    with LiveBytes() as tracker, torch.no_grad():
         blocks[0](hidden, **inputs.kwargs[0])
     widths = [in_features(block_units[g[0]]) for g in groups]
     solver = max(_solver_bytes(*unit_shape(m)) for m in units.values())
@@ -185,7 +192,7 @@ def _forward_peak(model: nn.Module, batch: int, seqlen: int, causal: bool) -> in
     """Transient bytes of one forward pass as perplexity runs it (logits to float32, the
     cross-entropy on them) on fake tensors."""
     ids = torch.zeros(batch, seqlen, dtype=torch.long)
-    with _LiveBytes() as tracker, torch.no_grad():
+    with LiveBytes() as tracker, torch.no_grad():
         if causal:
             logits = model(input_ids=ids, use_cache=False).logits.float()  # (B, T, V)
             nn.functional.cross_entropy(

@@ -57,7 +57,7 @@ def _rows(plan) -> list[tuple[str, int, str]]:
         ("per batch", plan.batch_transient, f"one block's forward on {CALIB_BATCH} samples"),
         ("statistics", plan.statistics, stats),
         ("OBS solver", plan.solver, "largest unit: W in float32 + (H + λI)⁻¹ factorization"),
-        ("evaluation", plan.evaluation, "one evaluation batch, logits in float32"),
+        ("evaluation", plan.evaluation, "one evaluation batch (causal LMs: logits in float32)"),
         ("prefix-cache entry", plan.prefix_entry, "on disk, per cached prefix"),
     ]
 
