@@ -29,9 +29,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Built-in alias (smollm2-135m, gemma3-270m [opt-in], minilm, fmnist-cnn, fmnist-vit, "
-        "digits-cnn), "
-        "resnet18 / deit-base (torchvision / timm + network), directory or hub id.",
+        help="Built-in alias (smollm2-135m, minilm, fmnist-cnn, fmnist-vit, digits-cnn; opt-in "
+        "gemma3-270m), resnet18 / deit-base (torchvision / timm + network), directory or hub id.",
     ),
 ]
 DataOpt = Annotated[
