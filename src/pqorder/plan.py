@@ -38,7 +38,10 @@ from pqorder.models.loading import ALIASES, model_kind
 
 GIB = 2**30
 CALIB_BATCH = 8  # the layer-wise walk's calibration batch (layerwise.calibrated_units)
-RUNTIME_BYTES = GIB // 2  # python + torch + transformers + pqorder loaded (≈0.4 GB measured)
+# The process itself: python, torch, transformers and pqorder imported (0.37 GiB measured),
+# plus tokenizer, texts and allocator slack (a SmolLM2 SparseGPT run peaks ~0.3 GiB above
+# its tensors).
+RUNTIME_BYTES = 3 * GIB // 4
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class MemoryPlan:
     batch_transient: int  # tensors a block's forward allocates for one calibration batch
     statistics: int  # one Hessian per input group of a block: float64 sum + float32 result
     solver: int  # the OBS solve of the largest unit (weights fp32 + inverse-Hessian factor)
-    evaluation: int  # one evaluation batch's forward pass (logits in float32 included)
+    evaluation: int  # one evaluation batch's forward pass, logits in float32 (0: no eval)
     prefix_entry: int  # one prefix-cache entry (every state-dict tensor, as saved today)
     device_parts: tuple[tuple[str, int], ...]
     host_parts: tuple[tuple[str, int], ...]
@@ -243,7 +246,9 @@ def plan_memory(
         block_params = [sum(p.numel() for p in b.parameters()) for b in blocks]
         entry = sum(t.numel() * t.element_size() for t in fake.state_dict().values())
         per_sample, kwargs, transient, widths, solver = _walk_shapes(fake, calib_seqlen)
-        evaluation = _forward_peak(fake, eval_batch, eval_seqlen, kind == "causal-lm")
+        evaluation = (
+            _forward_peak(fake, eval_batch, eval_seqlen, kind == "causal-lm") if evaluate else 0
+        )
         if need == Need.INPUTS:
             calib_forward = _forward_peak(fake, CALIB_BATCH, calib_seqlen, kind == "causal-lm")
     batches = math.ceil(calib_samples / CALIB_BATCH)
@@ -256,7 +261,7 @@ def plan_memory(
     resident = (
         [("outside blocks", outside), ("one block", block)] if offload else [("weights", weights)]
     )
-    candidates = [[("evaluation", evaluation if evaluate else 0)]]
+    candidates = [[("evaluation", evaluation)]]
     if need == Need.INPUTS:
         candidates.append([("calibration forward", calib_forward)])
     if need == Need.STATISTICS:
@@ -326,7 +331,9 @@ def check_fits(
     plan: MemoryPlan, device_free: int | None = None, host_free: int | None = None
 ) -> None:
     """Refuse, with the numbers, a run whose plan exceeds the free memory of its device or of
-    the host. ``device_free`` / ``host_free`` default to what the machine has free now."""
+    the host. ``device_free`` / ``host_free`` default to what the machine has free now, so call
+    it before the model is loaded (on the CPU the plan's device peak is compared with
+    MemAvailable, which this process's own runtime has already taken its share of)."""
     if device_free is None:
         device_free = device_available(plan.device)
     if host_free is None and plan.device.type != "cpu":

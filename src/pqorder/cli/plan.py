@@ -108,8 +108,7 @@ def plan(
     console.print(table)
     parts = " + ".join(f"{label} {gib(size)}" for label, size in memory.device_parts if size)
     console.print(f"peak on {where}: {gib(memory.device_peak)} GiB ({parts})")
-    if where.type != "cpu":
-        host = " + ".join(f"{label} {gib(size)}" for label, size in memory.host_parts)
-        console.print(f"peak in host RAM: {gib(memory.host_peak)} GiB ({host})")
+    host = " + ".join(f"{label} {gib(size)}" for label, size in memory.host_parts if size)
+    console.print(f"peak in host RAM: {gib(memory.host_peak)} GiB ({host})")
     check_fits(memory, None if free is None else int(free * GIB))
     console.print("fits")
