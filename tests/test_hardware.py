@@ -118,10 +118,10 @@ def test_placement_changes_run_keys_only_when_numerics_change(tmp_path, dense_ti
     [
         ("cuda", "auto", "no CUDA GPU"),
         ("cuda:3", "float32", "no CUDA GPU"),
-        ("meta", "auto", "not supported"),
-        ("gpu0", "auto", "unknown device"),
-        ("cpu", "float64", "unknown dtype 'float64'"),
-        ("cpu", "int8", "unknown dtype"),
+        ("meta", "auto", "unknown --device 'meta'"),
+        ("gpu0", "auto", "unknown --device"),
+        ("cpu", "float64", "unknown --dtype 'float64'"),
+        ("cpu", "int8", "unknown --dtype"),
     ],
 )
 def test_bad_placement_is_one_line(device, dtype, message):
@@ -139,5 +139,5 @@ def test_cli_refuses_a_missing_gpu_before_loading():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "error: device 'cuda': this machine has no CUDA GPU; use --device cpu"
+        "error: --device cuda: this machine has no CUDA GPU; use cpu"
     ]

@@ -16,8 +16,8 @@ import torch
 
 from pqorder.errors import ConfigError
 
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 CPU = torch.device("cpu")
 CPU_FLOAT32 = "cpu float32"  # the numerics of the default placement
 
@@ -49,48 +49,70 @@ class Placement:
         return f"{self.device} {dtype}" + (", blocks offloaded to host" if self.offload else "")
 
 
-def resolve_device(text: str) -> torch.device:
-    """The device ``text`` names, refused in one line when this machine does not have it."""
-    text = text.strip().lower()
-    if text == "auto":
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return backend is not None and backend.is_available()
+
+
+def parse_device(device: str) -> torch.device:
+    """The torch device ``device`` names, whether or not this machine has it (not ``auto``)."""
+    kind, _, index = device.partition(":")
+    if device in ("cpu", "mps", "cuda") or (kind == "cuda" and index.isdigit()):
+        return torch.device(device)
+    raise ConfigError(f"unknown --device '{device}'; use one of {DEVICES}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device ``device`` names, refused when it does not exist on this machine."""
+    if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{text}'; use {DEVICE_HELP}") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"device '{text}': this machine has no CUDA GPU; use --device cpu")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index >= count:
-            raise ConfigError(
-                f"device '{text}': this machine has {count} CUDA GPU(s) (0..{count - 1})"
-            )
-        return torch.device("cuda", index)
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "mps":
+        if not _mps_available():
+            raise ConfigError("--device mps: Apple's MPS backend is not available here; use cpu")
+        return torch.device("mps")
+    index = parse_device(device).index
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA GPU; use cpu")
+    count = torch.cuda.device_count()
+    number = torch.cuda.current_device() if index is None else index
+    if number >= count:
+        raise ConfigError(
+            f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+        )
+    return torch.device("cuda", number)
+
+
+def _check_runs(device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse a dtype the device cannot compute in."""
+    name = str(dtype).removeprefix("torch.")
+    bf16_on_cuda = device.type == "cuda" and dtype == torch.bfloat16
+    if bf16_on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(
+            f"--dtype bfloat16: {device} (compute capability {major}.{minor}) has no native "
+            "bfloat16 (needs 8.0+); use float16 or float32"
+        )
     if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"device '{text}': MPS is not available here; use --device cpu")
-        return device
-    raise ConfigError(f"device type '{device.type}' is not supported; use {DEVICE_HELP}")
+        try:
+            torch.ones(1, dtype=dtype, device=device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(
+                f"--dtype {name}: MPS cannot hold {name} tensors here ({exc}); use float16 or "
+                "float32"
+            ) from exc
 
 
-def resolve_dtype(text: str, device: torch.device) -> torch.dtype | None:
-    """The dtype ``text`` names (None for ``auto``), refused in one line when ``device`` cannot
-    run it."""
-    text = text.strip().lower()
-    if text == "auto":
+def resolve_dtype(dtype: str) -> torch.dtype | None:
+    """The dtype ``--dtype`` names; None for ``auto`` (decided when the model is loaded)."""
+    if dtype == "auto":
         return None
-    if text not in DTYPES:
-        raise ConfigError(f"unknown dtype '{text}'; use auto, {', '.join(DTYPES)}")
-    dtype = DTYPES[text]
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"{device} cannot run bfloat16 (compute capability < 8.0); use float16")
-    return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown --dtype '{dtype}'; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def resolve_hardware(
@@ -102,4 +124,34 @@ def resolve_hardware(
     how the tests compare it with the plain path); it saves memory only on an accelerator.
     """
     where = resolve_device(device)
-    return Placement(where, resolve_dtype(dtype, where), offload)
+    chosen = resolve_dtype(dtype)
+    if chosen is not None:
+        _check_runs(where, chosen)
+    return Placement(where, chosen, offload)
+
+
+def resolve_precision(
+    device: str, dtype: str, torch_dtype_of_model: torch.dtype | None, present: bool = True
+) -> tuple[torch.device, torch.dtype]:
+    """The device and the concrete dtype a run would use, for planning it.
+
+    ``torch_dtype_of_model`` is the dtype the checkpoint was saved in (None: unknown, taken as
+    float32); ``auto`` uses it on an accelerator when the device can run it. ``present=False``
+    names a device of another machine (planning for it): only the spelling is checked.
+    """
+    chosen = resolve_dtype(dtype)
+    if not present and device == "auto":
+        raise ConfigError("--device auto means this machine's device: name the one to plan for")
+    where = resolve_device(device) if present else parse_device(device)
+    if chosen is not None:
+        if present:
+            _check_runs(where, chosen)
+        return where, chosen
+    own = torch_dtype_of_model if torch_dtype_of_model in DTYPES.values() else torch.float32
+    if where.type == "cpu" or own == torch.float32 or not present:
+        return where, torch.float32 if where.type == "cpu" else own
+    try:
+        _check_runs(where, own)
+    except ConfigError:
+        return where, torch.float32  # the model's own half precision does not run here
+    return where, own

@@ -18,7 +18,7 @@ from pqorder.cli.analyses import (
     print_search,
     print_sweep,
 )
-from pqorder.cli.app import NoCacheOpt, StoreOpt, app, console
+from pqorder.cli.app import DeviceOpt, DtypeOpt, NoCacheOpt, OffloadOpt, StoreOpt, app, console
 
 if TYPE_CHECKING:
     from pqorder.analysis.search import SearchResult
@@ -130,6 +130,9 @@ def demo(
     calib_seqlen: Annotated[int, typer.Option(help="Tokens per calibration sample.")] = 256,
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    offload: OffloadOpt = False,
 ) -> None:
     """Recommend, search, sweep, interference and report on SmolLM2 with Austen text, then
     the same on the Fashion-MNIST CNN (top-1 on the official test split)."""
@@ -140,20 +143,29 @@ def demo(
     from pqorder.errors import ConfigError
     from pqorder.eval.perplexity import PerplexityProtocol
     from pqorder.eval.select import protocol_for
+    from pqorder.hardware import resolve_hardware
     from pqorder.models.loading import model_kind
 
     if vision and model_kind(vision) != "vision":  # both studies' settings checked up front
         raise ConfigError(f"--vision takes a vision model (e.g. fmnist-cnn), not {vision!r}")
     vision_protocol = protocol_for(vision) if vision else None
+    placement = resolve_hardware(device, dtype, offload)
     start = time.perf_counter()
     protocol = PerplexityProtocol("austen:emma", 512, max_tokens, 4)
     calibration = CalibrationSpec("austen:pride", calib_samples, calib_seqlen, 0)
-    s = api.open_study(model, study, protocol, calibration, store, cache=not no_cache)
+    s = api.open_study(
+        model, study, protocol, calibration, store, cache=not no_cache, placement=placement
+    )
     studies = [(s, LM_PLAN, *_order_study(s, LM_PLAN, out, ""))]
     _export_best(s, studies[0][2], out)
     if vision:
         v = api.open_study(
-            vision, f"{study}-vision", vision_protocol, store=s.store, cache=not no_cache
+            vision,
+            f"{study}-vision",
+            vision_protocol,
+            store=s.store,
+            cache=not no_cache,
+            placement=placement,
         )
         found = _order_study(v, VISION_PLAN, out / "vision", f"{vision}: ")
         studies.append((v, VISION_PLAN, *found))

@@ -7,9 +7,12 @@ text disjoint when both come from one source.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -19,12 +22,26 @@ from pqorder.errors import AssetError, ConfigError
 
 _SLICE = re.compile(r"^(?P<name>.+?)\[(?P<a>[0-9.]*):(?P<b>[0-9.]*)\]$")
 NAMES = ("austen:<novel>", "pydoc", "file:<path>", "wikitext2", "c4")
+OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @dataclass(frozen=True)
 class TextSource:
     spec: str
     text: str
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub (``$HF_ENDPOINT``) answers a TCP connection, unless
+    ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` say to stay offline."""
+    if any(os.environ.get(v, "0").lower() in ("1", "true") for v in OFFLINE_FLAGS):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _hub_text(spec: str) -> str:

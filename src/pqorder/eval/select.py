@@ -8,14 +8,16 @@ or graded-similarity Spearman), calibration text.
 
 from __future__ import annotations
 
+import importlib.util
+
 from torch import Tensor
 
 from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.data.images import is_image_source, parse_image_spec
 from pqorder.data.offline_tasks import OFFLINE_TASKS
-from pqorder.data.sources import disjoint_specs
-from pqorder.errors import ConfigError
+from pqorder.data.sources import disjoint_specs, hub_reachable
+from pqorder.errors import AssetError, ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.accuracy import AccuracyProtocol
 from pqorder.eval.harness import LmEvalProtocol
@@ -24,7 +26,31 @@ from pqorder.eval.retrieval import RetrievalProtocol
 from pqorder.eval.similarity import SimilarityProtocol
 from pqorder.models.loading import default_dataset, model_kind
 
-PROTOCOLS = ("perplexity", "lm-eval")
+PROTOCOLS = ("perplexity", "lm-eval", "paper")
+# --protocol paper: the SparseGPT / Wanda / GPTQ / QuaRot setting, so numbers are comparable.
+PAPER_DATA, PAPER_SEQLEN = "wikitext2", 2048  # WikiText-2 raw test split, every token
+PAPER_CALIBRATION = CalibrationSpec("c4", 128, 2048, 0)
+OFFLINE_ALTERNATIVE = (
+    "offline, use the default protocol (--protocol perplexity: Austen's Emma, calibration on "
+    "Pride and Prejudice)"
+)
+
+
+def _check_paper(model: str) -> None:
+    """--protocol paper needs a causal LM, the `datasets` package and the hub, before work."""
+    kind = model_kind(model)
+    if kind != "causal-lm":
+        raise ConfigError(f"--protocol paper scores causal LMs; {model} is a {kind} model")
+    if importlib.util.find_spec("datasets") is None:
+        raise AssetError(
+            "--protocol paper loads WikiText-2 and C4 through `datasets` (pip install "
+            f"'pqorder[hub]'); {OFFLINE_ALTERNATIVE}"
+        )
+    if not hub_reachable():
+        raise AssetError(
+            "--protocol paper loads WikiText-2 and C4 from the Hugging Face hub, which is "
+            f"unreachable here; {OFFLINE_ALTERNATIVE}"
+        )
 
 
 def protocol_for(
@@ -40,12 +66,20 @@ def protocol_for(
     limit: int | None = None,
 ) -> Evaluator:
     """A validated protocol; empty ``data`` means the kind's default dataset. Causal LMs take
-    ``protocol`` perplexity or lm-eval (``tasks`` comma-separated, default the offline ones)."""
+    ``protocol`` perplexity, lm-eval (``tasks`` comma-separated, default the offline ones) or
+    paper (WikiText-2 test perplexity at seqlen 2048, every token: the preset fixes those)."""
     kind = model_kind(model)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown --protocol '{protocol}'; use one of {', '.join(PROTOCOLS)}")
-    if protocol == "perplexity" and (tasks or limit is not None):
+    if protocol != "lm-eval" and (tasks or limit is not None):
         raise ConfigError("--tasks and --limit apply to --protocol lm-eval")
+    if protocol == "paper":
+        if data:
+            raise ConfigError("--protocol paper evaluates on WikiText-2 test: drop --data")
+        _check_paper(model)
+        evaluator = PerplexityProtocol(PAPER_DATA, PAPER_SEQLEN, None, batch_size)
+        evaluator.validate()
+        return evaluator
     if protocol == "lm-eval":
         if kind != "causal-lm":
             raise ConfigError(f"--protocol lm-eval scores causal LMs; {model} is a {kind} model")
@@ -82,10 +116,19 @@ def calibration_for(
     seqlen: int = 512,
     seed: int = 0,
     eval_data: str = "",
+    protocol: str = "perplexity",
 ) -> CalibrationSpec:
     """The one place a calibration spec is made: the model kind's default source when none is
     given (its training images for vision models, Pride and Prejudice for text), text kept
-    disjoint from the evaluation text, images only from a training split; validated."""
+    disjoint from the evaluation text, images only from a training split; validated. Under
+    ``protocol`` paper: C4, 128 x 2048 tokens, seed 0, whatever the other arguments say."""
+    if protocol == "paper":
+        if source:
+            raise ConfigError(
+                "--protocol paper calibrates on C4 (128 x 2048, seed 0): drop --calib"
+            )
+        _check_paper(model)
+        return PAPER_CALIBRATION
     source = source or calibration_source(model)
     if is_image_source(source):
         if parse_image_spec(source, "train")[1] != "train":

@@ -14,14 +14,14 @@ from torch import nn
 from pqorder.core import Kind, LoadedModel
 from pqorder.errors import AssetError
 from pqorder.hardware import Placement
-from pqorder.models import encoder, smollm2, zoo
+from pqorder.models import encoder, gemma3, smollm2, zoo
 from pqorder.models.vision import resize_to, timm_deit_base, torchvision_resnet18
 from pqorder.offload import place_model
 from pqorder.state import STATE_FILE, CompressionState
 from pqorder.transforms import sync
 
-ALIASES = {smollm2.ALIAS: smollm2.prepare_checkpoint}
-CAVEATS = {smollm2.ALIAS: smollm2.CAVEAT}
+ALIASES = {smollm2.ALIAS: smollm2.prepare_checkpoint, gemma3.ALIAS: gemma3.prepare_checkpoint}
+CAVEATS = {smollm2.ALIAS: smollm2.CAVEAT, gemma3.ALIAS: gemma3.CAVEAT}
 # Image classifiers by alias: trained and cached by pqorder, or pretrained (network needed).
 VISION: dict[str, Callable[[], nn.Module]] = {
     **{alias: (lambda a=alias: zoo.load_vision(a)[0]) for alias in zoo.RECIPES},

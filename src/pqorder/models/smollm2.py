@@ -8,11 +8,10 @@ wrong reason; per-channel and group-128 quantizers behave normally.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
 from pqorder.errors import AssetError
+from pqorder.models.gguf_cache import cache_gguf_checkpoint
 from pqorder.paths import models_dir
 
 ALIAS = "smollm2-135m"
@@ -46,26 +45,4 @@ def prepare_checkpoint() -> Path:
     target = checkpoint_dir()
     if (target / "config.json").exists():
         return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    source = gguf_dir()
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=GGUF_NAME, dtype=torch.float32
-    )
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # a plain fp32 checkpoint, no GGUF quantizer marker
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ALIAS}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return cache_gguf_checkpoint(gguf_dir(), GGUF_NAME, target)
