@@ -204,3 +204,23 @@ def test_live_bytes_counts_new_tensors_while_they_live():
             del w, z
     assert tracker.peak == 8_000_000
     assert tracker.live == 0
+
+
+def test_compress_refuses_a_run_that_does_not_fit_before_loading(monkeypatch, tmp_path):
+    import pqorder.models.loading
+    import pqorder.plan
+
+    monkeypatch.setattr(pqorder.plan, "host_available", lambda: GIB // 4)
+
+    def never(*_a, **_k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pqorder.models.loading, "load_model", never)
+    args = ["compress", "-p", "sparsegpt:ratio=0.5", "-o", str(tmp_path / "m"), "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0
+    message = str(res.exception)
+    assert (
+        message.startswith("needs ") and "GiB on host RAM" in message and "0.25 GiB free" in message
+    )
+    assert not (tmp_path / "m").exists()

@@ -115,7 +115,7 @@ def run_block(block: nn.Module, inputs: BlockInputs, batches: int | None = None)
     return [_block_output(block(h, **kw)) for h, kw in pairs]
 
 
-def _input_groups(block: nn.Module, units: dict[str, nn.Module], inputs: BlockInputs) -> list:
+def input_groups(block: nn.Module, units: dict[str, nn.Module], inputs: BlockInputs) -> list:
     """Units grouped by the input they read (tensor and how it is unfolded), in the order the
     forward pass reaches them."""
     # Keyed by id(input); the tensor is kept alive in the value so its id cannot be reused.
@@ -194,7 +194,7 @@ def calibrated_units(
         prefix = f"{path}.{index}."
         block_units = {n: m for n, m in units.items() if n.startswith(prefix)}
         with resident(block, placement):
-            groups = _input_groups(block, block_units, inputs)
+            groups = input_groups(block, block_units, inputs)
             rounds = [[g] for g in groups] if sequential else [groups]
             for round_groups in rounds:
                 stats = _collect(block, block_units, round_groups, inputs)

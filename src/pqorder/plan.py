@@ -3,7 +3,7 @@
 The model is built under torch's FakeTensorMode (tensors with shapes and dtypes but no
 storage), so a 7B plan costs no memory and works offline from a config.json. Parameter counts
 come from that fake model; activation shapes, the kwargs each block receives, the input groups
-that share a Hessian (``layerwise._input_groups``) and the transient memory of one block's
+that share a Hessian (``layerwise.input_groups``) and the transient memory of one block's
 forward pass come from running the engine's own capture code on fake tensors, with every new
 tensor the operators allocate counted while it is alive. Statistics and the OBS solver are
 sized from the unit shapes with the formulas of ``stats`` and ``methods.obs``.
@@ -28,8 +28,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pqorder.core import Need
+from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import AssetError, ConfigError
-from pqorder.layerwise import _input_groups, capture_block_inputs
+from pqorder.hardware import Placement, resolve_precision
+from pqorder.layerwise import capture_block_inputs, input_groups
 from pqorder.methods.base import Method
 from pqorder.methods.obs import SolverSettings
 from pqorder.models import encoder
@@ -183,7 +185,7 @@ def _walk_shapes(model: nn.Module, seqlen: int) -> tuple[int, int, int, list[int
     kwargs = _tensor_bytes(inputs.kwargs[0], set())
     units = compressible_units(model)
     block_units = {n: m for n, m in units.items() if n.startswith(f"{path}.0.")}
-    groups = _input_groups(blocks[0], block_units, inputs)
+    groups = input_groups(blocks[0], block_units, inputs)
     with LiveBytes() as tracker, torch.no_grad():
         blocks[0](hidden, **inputs.kwargs[0])
     widths = [in_features(block_units[g[0]]) for g in groups]
@@ -354,3 +356,37 @@ def check_fits(
             f"needs {gib(plan.host_peak)} GiB of host RAM ({_parts(plan.host_parts)}), "
             f"{gib(host_free)} GiB available; free memory or use a machine with more RAM"
         )
+
+
+def check_run(
+    model: str,
+    steps: tuple[Method, ...],
+    placement: Placement,
+    calibration: CalibrationSpec | None,
+    seqlen: int | None,
+    batch_size: int,
+) -> None:
+    """Refuse, before the model is loaded, a compression run of a transformers model whose plan
+    does not fit this machine (``seqlen`` None: no evaluation after it). Vision models, which
+    the plan does not cover, pass unchecked."""
+    if model_kind(model) == "vision":
+        return
+    device, dtype = resolve_precision(
+        str(placement.device),
+        str(placement.dtype).removeprefix("torch.") if placement.dtype else "auto",
+        config_dtype(model),
+    )
+    calibration = calibration or CalibrationSpec()
+    memory = plan_memory(
+        model,
+        steps,
+        device,
+        dtype,
+        placement.offload,
+        calibration.n_samples,
+        calibration.seqlen,
+        seqlen or 2,
+        batch_size,
+        evaluate=seqlen is not None,
+    )
+    check_fits(memory)

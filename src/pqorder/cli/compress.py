@@ -89,11 +89,21 @@ def compress(
     from pqorder.export import export_model, export_path, get_format
     from pqorder.models.loading import load_model
     from pqorder.pipeline import resolve_pipeline, run_pipeline
+    from pqorder.plan import check_run
 
     pipe = resolve_pipeline(pipeline)
     check_output(out, overwrite)
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)
+    perplexity = evaluate and protocol.name == "perplexity"
+    check_run(
+        model,
+        tuple(pipe.steps),
+        placement,
+        calibration,
+        protocol.seqlen if perplexity else None,
+        protocol.batch_size if perplexity else 1,
+    )
     lm = load_model(model, placement)
     if evaluate:
         protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing
