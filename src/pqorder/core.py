@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -67,6 +68,7 @@ class LoadedModel:
     runtime: Runtime | None = field(default=None, repr=False)  # made on demand by transforms
     kind: Kind = "causal-lm"
     caveat: str | None = None  # a fact about the checkpoint users should know (shown in output)
+    source: Path | None = None  # the local checkpoint directory the weights were loaded from
 
     @property
     def max_context(self) -> int | None:

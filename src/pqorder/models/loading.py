@@ -35,7 +35,8 @@ def _from_pretrained(source: str | Path, name: str, kind: Kind = "causal-lm") ->
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = auto.from_pretrained(source, dtype=torch.float32)
     model.eval()
-    lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name))
+    local = Path(source) if Path(source).is_dir() else None
+    lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name), source=local)
     return _with_state(lm, Path(source))
 
 
