@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "pqorder"
 # The bottom layer: pure data and types, importing nothing of the package above it.
-BOTTOM = {"pqorder.errors", "pqorder.quantgrid", "pqorder.state", "pqorder.core"}
+BOTTOM = {"pqorder.errors", "pqorder.bitpack", "pqorder.quantgrid", "pqorder.state", "pqorder.core"}
 
 
 def _module(path: Path) -> str:

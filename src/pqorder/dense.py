@@ -102,8 +102,7 @@ def _matching_files(folder: Path, held: dict[str, Tensor]) -> dict[str, tuple[Pa
     for path in sorted(folder.glob("*.safetensors")):
         if path.name != STATE_FILE:
             with safe_open(str(path), "pt") as f:
-                for name in f.keys():
-                    where.setdefault(name, path)
+                where.update(dict.fromkeys(set(f.keys()) - where.keys(), path))
     twins: dict[tuple, list[str]] = defaultdict(list)
     for key, t in held.items():
         twins[(t.device, t.data_ptr(), t.shape, t.stride())].append(key)
