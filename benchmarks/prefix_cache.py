@@ -4,7 +4,8 @@ Entries: for each pipeline the model is compressed once (calibration: 8 × 256 t
 and Prejudice, seed 0), then saved and restored in the old entry format (format 2: every tensor
 as the model holds it, fp32, plus the state file) and in the compact one (format 3: codes, kept
 values, raw tensors only for what changed). Restoring the compact entry is checked bit for bit.
-Memory: a child process per mode loads the model, resets its peak RSS (``/proc/self/clear_refs``)
+Memory: a child process per mode loads the model, touches every weight (transformers maps the
+file, so weights become resident only when read), resets its peak RSS (``/proc/self/clear_refs``)
 and runs a small study (three orders over two steps, 1,024 tokens of Emma, a prefix cache)
 with the dense reference held in memory (the old snapshot) or read back from the model files.
 Run: python benchmarks/prefix_cache.py (a few minutes on 2 cores; timings depend on the load).
@@ -60,7 +61,7 @@ def _timed(fn: object) -> float:
 def entry_row(lm: LoadedModel, dense: DenseReference, text: str, tokens: Tensor) -> str:
     """One table row: the pipeline's entry in the old and the new format."""
     dense.restore(lm)
-    for step in parse_pipeline(text):
+    for step in parse_pipeline(text).steps:
         apply_step(lm, step, tokens, progress=False)
     held, state = model_weights(lm), copy.deepcopy(lm.state)
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,13 +108,15 @@ def study_memory(from_files: bool) -> dict[str, float]:
     lm = load_model(MODEL)
     if not from_files:
         lm.source = None  # no files: the study holds its dense model in memory
+    for tensor in lm.model.state_dict().values():
+        tensor.sum()  # make the whole model resident (transformers maps the weight file)
     loaded = _status()["VmRSS"]
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS counts from here
     protocol = PerplexityProtocol("austen:emma", seqlen=256, max_tokens=1024, batch_size=4)
     with tempfile.TemporaryDirectory() as tmp:
         study = Study(lm, protocol, CALIBRATION, cache=PrefixCache(Path(tmp), max_gb=100))
         for text in STUDY_ORDERS:
-            study.evaluate(parse_pipeline(text))
+            study.evaluate(parse_pipeline(text).steps)
         study.reset()
         status = _status()
     return {
@@ -147,7 +150,7 @@ def main() -> None:
         for text in PIPELINES:
             print(entry_row(lm, dense, text, tokens), flush=True)
     print(f"\nStudy on {MODEL}: RSS in MiB (peak counted from after the model was loaded)")
-    print("| dense reference | model loaded | peak during study | after | tensors in memory |")
+    print("| dense reference | model resident | peak during study | after | tensors in memory |")
     print("|---|---|---|---|---|")
     for mode in ("memory", "files"):
         out = subprocess.run(

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from pqorder.bitpack import pack, unpack
 from pqorder.core import LoadedModel
-from pqorder.dense import DenseReference, same_bits
+from pqorder.dense import DenseReference, read_tensor, same_bits
 from pqorder.models.adapter import module_layout, unit_shape, weight_matrix
 from pqorder.quantgrid import QuantGrid
 from pqorder.snapshot import assign, put_state
@@ -73,17 +72,16 @@ def decode(
     """Put ``lm`` in ``state`` holding exactly the tensors ``encode`` described."""
     live = put_state(lm, state, manifest)
     from_dense: dict[str, list[str]] = {}
-    with safe_open(path, "pt") as f:
-        for key, (how, name) in manifest.items():
-            if how == DENSE:
-                from_dense.setdefault(name, []).append(key)
-                continue
-            data = f.get_tensor(name)
-            if how != RAW:
-                unit = key.removesuffix(".weight")
-                module = lm.model.get_submodule(unit)
-                data = _rebuild(module, how, data, state.get(unit), live[key].dtype)
-            assign(live, key, data)
+    for key, (how, name) in manifest.items():
+        if how == DENSE:
+            from_dense.setdefault(name, []).append(key)
+            continue
+        data = read_tensor(path, name)
+        if how != RAW:
+            unit = key.removesuffix(".weight")
+            module = lm.model.get_submodule(unit)
+            data = _rebuild(module, how, data, state.get(unit), live[key].dtype)
+        assign(live, key, data)
     for name, value in dense.tensors(from_dense):
         for key in from_dense[name]:
             assign(live, key, value)

@@ -3,7 +3,8 @@
 A study restores its dense model between orders and stores cached prefixes as differences from
 it. Holding it as a second copy in memory doubles a study's memory; so when the model was loaded
 from safetensors files (``LoadedModel.source``), every tensor that still equals its file, bit
-for bit once cast to the parameter's dtype, is read back from the file when needed instead.
+for bit once cast to the parameter's dtype, is read back from the file when needed instead (onto
+the parameter's device).
 Construction checks this once, streaming tensor by tensor. Tensors that differ from the files
 (a model changed in memory) or have none (models built in memory, buffers not saved) are copied
 into memory as before. The composition state (a pqorder output directory carries one) is part
@@ -51,7 +52,7 @@ class DenseReference:
         self.state = copy.deepcopy(lm.state)
         held = lm.model.state_dict()
         self.keys = tuple(held)
-        self._dtypes = {key: t.dtype for key, t in held.items()}
+        self._kinds = {key: (t.device, t.dtype) for key, t in held.items()}
         use_files = from_files and lm.source is not None
         self._files = _matching_files(Path(lm.source), held) if use_files else {}
         self._memory = {k: t.detach().clone() for k, t in held.items() if k not in self._files}
@@ -63,7 +64,8 @@ class DenseReference:
         return tuple(self._memory)
 
     def tensors(self, keys: Iterable[str]) -> Iterator[tuple[str, Tensor]]:
-        """(name, dense tensor) for each name, opening each file once; do not modify them."""
+        """(name, dense tensor) for each name, memory first, then file by file (do not modify
+        them)."""
         by_file: dict[Path, list[str]] = defaultdict(list)
         for key in keys:
             if key in self._memory:
@@ -76,9 +78,9 @@ class DenseReference:
                     f"{path} changed on disk since the study began, so its dense model cannot be "
                     "read back; start the study again"
                 )
-            with safe_open(str(path), "pt") as f:
-                for key in group:
-                    yield key, f.get_tensor(self._files[key][1]).to(self._dtypes[key])
+            for key in group:
+                device, dtype = self._kinds[key]
+                yield key, read_tensor(path, self._files[key][1]).to(device, dtype)
 
     def tensor(self, key: str) -> Tensor:
         return next(self.tensors([key]))[1]
@@ -88,6 +90,14 @@ class DenseReference:
         live = put_state(lm, self.state, self.keys)
         for key, value in self.tensors(self.keys):
             assign(live, key, value)
+
+
+def read_tensor(path: Path | str, name: str) -> Tensor:
+    """One tensor of a safetensors file. The tensor maps the file, and pages of a file stay
+    mapped (and counted in the RSS) until every tensor read from one opening is freed; opening
+    once per tensor keeps a streamed read at one tensor resident, not the whole file."""
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor(name)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -113,8 +123,7 @@ def _matching_files(folder: Path, held: dict[str, Tensor]) -> dict[str, tuple[Pa
             wanted[where[stored]][key] = stored
     found: dict[str, tuple[Path, str]] = {}
     for path, names in wanted.items():
-        with safe_open(str(path), "pt") as f:
-            for key, name in names.items():
-                if same_bits(held[key], f.get_tensor(name).to(held[key].dtype)):
-                    found[key] = (path, name)
+        for key, name in names.items():
+            if same_bits(held[key], read_tensor(path, name).to(held[key].dtype)):
+                found[key] = (path, name)
     return found

@@ -3,7 +3,9 @@
 Every analysis (intensity, recommendation, search, sweep) asks a Study for the metric of
 some orders. The Study finds a stored run if there is one, else starts from the longest
 prefix it can get (the model as it stands, or the prefix cache), applies the remaining
-steps, evaluates, and writes the run to the store as soon as it finishes.
+steps, evaluates, and writes the run to the store as soon as it finishes. The dense model it
+returns to (and stores cached prefixes against) is a ``DenseReference``: read back from the
+model's files where they still hold it, else held in memory.
 """
 
 from __future__ import annotations
