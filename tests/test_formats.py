@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pqorder.errors import ConfigError, FormatError
-from pqorder.prefix_cache import ENTRY, WEIGHTS, PrefixCache
+from pqorder.prefix_cache import ENTRY, FORMAT, WEIGHTS, PrefixCache
 from pqorder.quantgrid import QuantGrid
 from pqorder.state import CompressionState, ModelTransforms, UnitConstraint
 
@@ -35,6 +35,20 @@ def test_a_state_saved_before_formats_reads_as_format_1(tmp_path):
     assert CompressionState.load(path).get("layer").sparsity() == 0.5
 
 
+def test_masks_are_saved_one_bit_per_weight_and_format_1_masks_still_load(tmp_path):
+    mask = torch.rand(5, 13, generator=torch.Generator().manual_seed(0)) < 0.5
+    state = CompressionState()
+    state.set("layer", UnitConstraint(mask))
+    path = tmp_path / "state.safetensors"
+    state.save(path)
+    saved = load_file(str(path))
+    assert saved["layer.mask_bits"].dtype == torch.uint8 and saved["layer.mask_bits"].numel() == 9
+    assert torch.equal(CompressionState.load(path).get("layer").mask, mask)
+    meta = {"format": "1", "model": ModelTransforms().to_json()}
+    save_file({"layer.mask": mask.to(torch.uint8)}, str(path), metadata=meta)  # one byte each
+    assert torch.equal(CompressionState.load(path).get("layer").mask, mask)
+
+
 def test_a_state_of_an_unknown_format_is_refused_in_one_line(tmp_path):
     path = tmp_path / "state.safetensors"
     meta = {"format": "7", "model": ModelTransforms().to_json()}
@@ -47,16 +61,17 @@ def test_a_state_of_an_unknown_format_is_refused_in_one_line(tmp_path):
 def test_prefix_entries_of_another_format_count_as_absent(tmp_path):
     cache = PrefixCache(tmp_path, max_gb=1)
     for key, files in {
-        "current": {ENTRY: json.dumps({"format": 2, "records": []})},
+        "current": {ENTRY: json.dumps({"format": FORMAT, "records": []})},
         "v1": {"records.json": "[]"},  # what pqorder wrote before entries had a format
-        "newer": {ENTRY: json.dumps({"format": 3, "records": []})},
+        "v2": {ENTRY: json.dumps({"format": 2, "records": []})},  # every weight, uncompressed
+        "newer": {ENTRY: json.dumps({"format": FORMAT + 1, "records": []})},
         "broken": {ENTRY: "{not json"},
     }.items():
         (tmp_path / key).mkdir()
         (tmp_path / key / WEIGHTS).write_bytes(b"")
         for name, text in files.items():
             (tmp_path / key / name).write_text(text)
-    assert [k for k in ("current", "v1", "newer", "broken") if cache.has(k)] == ["current"]
+    assert [k for k in ("current", "v1", "v2", "newer", "broken") if cache.has(k)] == ["current"]
 
 
 def test_prefix_cache_size_is_read_when_a_cache_is_made(tmp_path, monkeypatch):

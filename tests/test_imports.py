@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "pqorder"
 # The bottom layer: pure data and types, importing nothing of the package above it.
 BOTTOM = {
     "pqorder.errors",
+    "pqorder.bitpack",
     "pqorder.hardware",
     "pqorder.quantgrid",
     "pqorder.state",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor, nn
@@ -68,6 +69,7 @@ class LoadedModel:
     kind: Kind = "causal-lm"
     caveat: str | None = None  # a fact about the checkpoint users should know (shown in output)
     placement: Placement = field(default_factory=Placement)  # device, dtype (concrete), offload
+    source: Path | None = None  # the local checkpoint directory the weights were loaded from
 
     @property
     def max_context(self) -> int | None:

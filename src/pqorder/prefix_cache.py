@@ -1,10 +1,13 @@
 """Content-addressed cache of compressed prefixes on disk.
 
-A prefix (the model after its first k steps) is stored as all model weights, the composition
-state (model-level transforms included) and the step records, under a hash of what determines
-it: the model, the step texts, the engine options, and the calibration set when a calibrated
-step is among them. Loading a prefix and applying one more step gives bit-identical weights to
-a fresh run on CPU. The cache is capped in size; the least recently used prefixes are evicted first.
+A prefix (the model after its first k steps) is stored as its weights written compactly as what
+differs from the study's dense model (``pqorder.compact``: grid codes, kept values, raw tensors
+for the rest, nothing for what is unchanged), the composition state (model-level transforms
+included) and the step records, under a hash of what determines it: the model, the step texts,
+the engine options, and the calibration set when a calibrated step is among them. Loading a
+prefix (into a study of the same dense model) gives back bit for bit the weights it was saved
+with, so it plus one more step equals a fresh run on CPU. The cache is capped in size; the least
+recently used prefixes are evicted first.
 
 Each entry names its format in ``entry.json``. An entry of any other format (left by an older
 or a newer pqorder) counts as absent: the prefix is recomputed and the entry replaced, since a
@@ -20,18 +23,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from pqorder.compact import decode, encode, manifest_from_text, manifest_text
 from pqorder.core import LoadedModel
+from pqorder.dense import DenseReference
 from pqorder.engine import StepRecord
 from pqorder.errors import ConfigError
 from pqorder.paths import cache_dir
-from pqorder.snapshot import load_weights, model_weights
 from pqorder.state import CompressionState
 
-WEIGHTS = "model.safetensors"  # every parameter
+WEIGHTS = "weights.safetensors"  # the compact weights; how to rebuild each tensor in metadata
 ENTRY = "entry.json"  # the format and the step records (format 1 had records.json instead)
-FORMAT = 2  # version of an entry
+FORMAT = 3  # version of an entry (2 held every parameter in model.safetensors)
 
 
 def content_key(payload: dict) -> str:
@@ -69,25 +74,31 @@ class PrefixCache:
     def has(self, key: str) -> bool:
         return self._records(key) is not None
 
-    def load(self, key: str, lm: LoadedModel) -> list[StepRecord]:
-        """Put the cached prefix into ``lm`` (structure, weights, constraints); return records."""
+    def load(self, key: str, lm: LoadedModel, dense: DenseReference) -> list[StepRecord]:
+        """Put the cached prefix into ``lm`` (structure, weights, constraints), reading what it
+        left unchanged from ``dense`` (the dense model it was saved against); return records."""
         folder = self.root / key
         records = self._records(key)
         if records is None:
             raise KeyError(f"no prefix {key} of format {FORMAT} in {self.root}")
         state = CompressionState.load(folder / "state.safetensors")
-        load_weights(lm, state, load_file(str(folder / WEIGHTS)))
+        with safe_open(str(folder / WEIGHTS), "pt") as f:
+            manifest = manifest_from_text(f.metadata()["manifest"])
+        decode(lm, state, str(folder / WEIGHTS), manifest, dense)
         os.utime(folder)  # recently used
         return [StepRecord(**r) for r in records]
 
-    def save(self, key: str, lm: LoadedModel, records: list[StepRecord]) -> None:
+    def save(
+        self, key: str, lm: LoadedModel, records: list[StepRecord], dense: DenseReference
+    ) -> None:
         """Write atomically (temp dir, then rename), then evict down to the size cap."""
         if self.has(key):
             return
         shutil.rmtree(self.root / key, ignore_errors=True)  # an entry of an older format
         tmp = Path(tempfile.mkdtemp(prefix=".prefix-", dir=self.root))
         try:
-            save_file(model_weights(lm), str(tmp / WEIGHTS))
+            tensors, manifest = encode(lm, dense)
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"manifest": manifest_text(manifest)})
             lm.state.save(tmp / "state.safetensors")
             entry = {"format": FORMAT, "records": [r.to_dict() for r in records]}
             (tmp / ENTRY).write_text(json.dumps(entry))

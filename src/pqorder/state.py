@@ -9,12 +9,15 @@ on the unit's grid and zeroes its pruned entries, so any order of steps yields a
 satisfies all of them. Masks are stored, never re-inferred from zeros.
 
 A saved state names its format in the safetensors metadata; states saved before formats were
-named are format 1 (the same layout), and any other format is refused with one line.
+named are format 1 (the same layout), and any other format is refused with one line. Format 2
+bit-packs the masks (one bit per weight, with the mask's shape beside it); format 1 stored one
+byte per weight and still loads.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,11 +26,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from pqorder.bitpack import pack, unpack
 from pqorder.errors import check_format
 from pqorder.quantgrid import QuantGrid
 
 STATE_FILE = "pqorder_state.safetensors"
-STATE_FORMAT = 1  # version of the layout CompressionState.save writes
+STATE_FORMAT = 2  # version of the layout CompressionState.save writes
+MASK_BITS, MASK_SHAPE = ".mask_bits", ".mask_shape"  # a packed mask (format 2)
 
 
 @dataclass
@@ -120,7 +125,8 @@ class CompressionState:
         tensors: dict[str, Tensor] = {}
         for name, c in self.units.items():
             if c.mask is not None:
-                tensors[f"{name}.mask"] = c.mask.to(torch.uint8).contiguous()
+                tensors[name + MASK_BITS] = pack(c.mask.cpu(), 1)
+                tensors[name + MASK_SHAPE] = torch.tensor(c.mask.shape, dtype=torch.int64)
             if c.grid is not None:
                 tensors.update(c.grid.to_tensors(f"{name}.grid"))
         meta = {"format": str(STATE_FORMAT), "model": self.model.to_json()}
@@ -131,19 +137,28 @@ class CompressionState:
         """A state written by ``save`` (refused with one line if of an unknown format)."""
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        check_format(f"composition state {path}", meta.get("format", 1), (STATE_FORMAT,))
+        check_format(f"composition state {path}", meta.get("format", 1), (1, STATE_FORMAT))
         tensors = load_file(str(path))
-        names = {k.rsplit(".mask", 1)[0] for k in tensors if k.endswith(".mask")}
+        names = {k.rsplit(".mask", 1)[0] for k in tensors if k.endswith((".mask", MASK_BITS))}
         names |= {k.rsplit(".grid.", 1)[0] for k in tensors if ".grid." in k}
         state = cls()
         if "model" in meta:
             state.model = ModelTransforms.from_json(meta["model"])
         for name in names:
-            mask = tensors.get(f"{name}.mask")
+            mask = _mask(tensors, name)
             grid = (
                 QuantGrid.from_tensors(tensors, f"{name}.grid")
                 if f"{name}.grid.meta" in tensors
                 else None
             )
-            state.set(name, UnitConstraint(None if mask is None else mask.bool(), grid))
+            state.set(name, UnitConstraint(mask, grid))
         return state
+
+
+def _mask(tensors: dict[str, Tensor], name: str) -> Tensor | None:
+    """The bool mask of unit ``name``: packed (format 2), one byte per weight (format 1), none."""
+    if name + MASK_BITS in tensors:
+        shape = tensors[name + MASK_SHAPE].tolist()
+        return unpack(tensors[name + MASK_BITS], 1, math.prod(shape)).bool().reshape(shape)
+    mask = tensors.get(f"{name}.mask")
+    return None if mask is None else mask.bool()

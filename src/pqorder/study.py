@@ -3,7 +3,9 @@
 Every analysis (intensity, recommendation, search, sweep) asks a Study for the metric of
 some orders. The Study finds a stored run if there is one, else starts from the longest
 prefix it can get (the model as it stands, or the prefix cache), applies the remaining
-steps, evaluates, and writes the run to the store as soon as it finishes.
+steps, evaluates, and writes the run to the store as soon as it finishes. The dense model it
+returns to (and stores cached prefixes against) is a ``DenseReference``: read back from the
+model's files where they still hold it, else held in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from pqorder.core import LoadedModel, Need
 from pqorder.data.calibration import CalibrationSpec
+from pqorder.dense import DenseReference
 from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import OrderError, PqorderError
 from pqorder.eval import Evaluator, evaluation_details, protocol_dict
@@ -28,7 +31,6 @@ from pqorder.methods.base import Method
 from pqorder.models.adapter import weight_matrix
 from pqorder.pipeline import Pipeline
 from pqorder.prefix_cache import PrefixCache, content_key
-from pqorder.snapshot import restore_snapshot, take_snapshot
 from pqorder.store import Run, RunStore
 
 
@@ -61,7 +63,7 @@ class Study:
         self.calibration = calibration or calibration_for(lm.name)
         protocol.prepare(lm)  # a missing dataset is an error now, not a failed run
         self.name, self.sequential, self.progress = name, sequential, progress
-        self._dense = take_snapshot(lm)
+        self._dense = DenseReference(lm)  # read back from the model files where it can be
         self._position: tuple[str, ...] | None = ()  # steps the model currently holds
         self._records: list[StepRecord] = []
         self._tokens: Tensor | None = None
@@ -152,9 +154,9 @@ class Study:
         return self.calibration_tokens() if step.needs > Need.NOTHING else None
 
     def dense_weight(self, name: str) -> Tensor:
-        """The dense (out, in) weight of a unit (snapshots hold the module layout)."""
+        """The dense (out, in) weight of a unit (the reference holds the module layout)."""
         module = self.lm.model.get_submodule(name)
-        return weight_matrix(module, self._dense.weights[f"{name}.weight"])
+        return weight_matrix(module, self._dense.tensor(f"{name}.weight"))
 
     def materialize(self, steps: Sequence[Method]) -> None:
         """Make the model hold ``steps`` applied to the dense model (reusing prefixes)."""
@@ -185,7 +187,8 @@ class Study:
             self.spend.applied_seconds += record.seconds
             extendable = i + 1 < len(steps) or len(steps) == 1
             if self.cache is not None and extendable:
-                self.cache.save(self._prefix_key(steps[: i + 1]), self.lm, self._records)
+                key = self._prefix_key(steps[: i + 1])
+                self.cache.save(key, self.lm, self._records, self._dense)
 
     def _start_point(self, steps: tuple[Method, ...], texts: tuple[str, ...]) -> int:
         """Steps already in place after choosing the cheapest starting point."""
@@ -195,17 +198,17 @@ class Study:
             for k in range(len(steps), max(held, 0), -1):
                 key = self._prefix_key(steps[:k])
                 if self.cache.has(key):
-                    self._records = self.cache.load(key, self.lm)
+                    self._records = self.cache.load(key, self.lm, self._dense)
                     self._position = texts[:k]
                     self.spend.cache_hits += 1
                     return k
         if held >= 0:
             return held
-        restore_snapshot(self.lm, self._dense)
+        self._dense.restore(self.lm)
         self._position, self._records = (), []
         return 0
 
     def reset(self) -> None:
         """Put the dense model back (the study's model is shared with the caller)."""
-        restore_snapshot(self.lm, self._dense)
+        self._dense.restore(self.lm)
         self._position, self._records = (), []

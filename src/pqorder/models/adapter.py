@@ -86,14 +86,17 @@ def weight_matrix(module: nn.Module, w: Tensor) -> Tensor:
     return w.to(torch.float32, copy=True)
 
 
+def module_layout(module: nn.Module, w: Tensor) -> Tensor:
+    """An (out, in) weight in ``module``'s own layout (the inverse of ``weight_matrix``)."""
+    if isinstance(module, nn.Conv2d):
+        return w.reshape(module.weight.shape)
+    return w if isinstance(module, nn.Linear) else w.t()
+
+
 @torch.no_grad()
 def set_weight(module: nn.Module, w: Tensor) -> None:
     """Write an (out, in) weight back in the module's own layout and dtype."""
-    if isinstance(module, nn.Conv2d):
-        w = w.reshape(module.weight.shape)
-    elif not isinstance(module, nn.Linear):
-        w = w.t()
-    module.weight.copy_(w.to(module.weight.dtype))
+    module.weight.copy_(module_layout(module, w).to(module.weight.dtype))
 
 
 def unit_inputs(module: nn.Module, x: Tensor) -> Tensor:

@@ -44,7 +44,8 @@ def _from_pretrained(
     dtype = placement.dtype or ("auto" if own else torch.float32)
     model = auto.from_pretrained(source, dtype=dtype)
     model.eval()
-    lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name))
+    local = Path(source) if Path(source).is_dir() else None
+    lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name), source=local)
     return _with_state(lm, Path(source))
 
 
