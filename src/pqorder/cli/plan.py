@@ -48,7 +48,11 @@ def _rows(plan) -> list[tuple[str, int, str]]:
         ("statistics", plan.statistics, stats),
         ("OBS solver", plan.solver, "largest unit: W in float32 + (H + λI)⁻¹ factorization"),
         ("evaluation", plan.evaluation, "one evaluation batch (causal LMs: logits in float32)"),
-        ("prefix-cache entry", plan.prefix_entry, "on disk, at most (rotated weights); codes are less"),
+        (
+            "prefix-cache entry",
+            plan.prefix_entry,
+            "on disk, at most (rotated weights); codes are less",
+        ),
     ]
 
 
