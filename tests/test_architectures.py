@@ -26,7 +26,7 @@ from pqorder.models.adapter import compressible_units, decoder_blocks, run_model
 from pqorder.models.architecture import FAMILIES, Architecture, architecture, final_layers
 from pqorder.pipeline import parse_step
 from pqorder.snapshot import take_snapshot
-from tests.test_contract import CELLS, EXAMPLES, Bench, _apply_and_check, _refusal
+from tests.test_contract import CELLS, EXAMPLES, Bench, run_cell
 
 GQA = dict(
     vocab_size=128,
@@ -281,17 +281,7 @@ def test_contract_on_every_family(families, family, cell, text):
     bench = families[family]
     earlier, later = CELLS[cell]
     steps = tuple(parse_step(t) for t in (*earlier, text, *later))
-    bench.start(())
-    refusal = _refusal(bench.lm, steps)
-    if refusal is not None:
-        error, pattern = refusal
-        with pytest.raises(error, match=pattern):
-            check_pipeline(bench.lm, steps)
-        return
-    check_pipeline(bench.lm, steps)
-    bench.start(steps[: len(earlier)])
-    for i in range(len(earlier), len(steps)):
-        _apply_and_check(bench, steps[i], steps[:i])
+    run_cell(bench, steps, len(earlier))
 
 
 def test_the_matrix_covers_every_method_on_every_family():

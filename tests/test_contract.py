@@ -431,6 +431,12 @@ def test_contract(benches, tmp_path, model, cell, text):
     earlier, later = CELLS[cell]
     steps = tuple(parse_step(t) for t in (*earlier, text, *later))
     _assert_round_trips(Pipeline(steps), tmp_path)
+    run_cell(bench, steps, len(earlier))
+
+
+def run_cell(bench: Bench, steps: tuple, start: int) -> None:
+    """One matrix cell: the declared refusal before work, or every step from ``start`` on
+    applied with its target and the earlier constraints checked."""
     bench.start(())
     refusal = _refusal(bench.lm, steps)
     if refusal is not None:
@@ -439,6 +445,6 @@ def test_contract(benches, tmp_path, model, cell, text):
             check_pipeline(bench.lm, steps)
         return
     check_pipeline(bench.lm, steps)
-    bench.start(steps[: len(earlier)])
-    for i in range(len(earlier), len(steps)):
+    bench.start(steps[:start])
+    for i in range(start, len(steps)):
         _apply_and_check(bench, steps[i], steps[:i])
