@@ -5,9 +5,11 @@ and device the same: its cost, not a saving), and, when a CUDA GPU is present, t
 bfloat16 and float32, offload on and off. Per row: load, compress and evaluation seconds, the
 process's peak RSS, peak device memory (CUDA), and perplexity. Protocol: calibration
 ``--samples`` × ``--seqlen`` tokens of Pride and Prejudice, seed 0; perplexity on the first
-8,192 tokens of Emma in 512-token windows (batch 4). The floor is one calibration forward pass
-of the same tokens on the same placement (``floor s``): compression time / floor is the
-ratio printed. Run: python benchmarks/gpu.py [--rows cpu] [--samples 128 --seqlen 512].
+8,192 tokens of Emma in 512-token windows (batch 4). Peak RSS is read after compression
+(load, floor pass, compression) and at the end (with the evaluation). The floor is one
+calibration forward pass of the same tokens on the same placement (``floor s``): compression
+time / floor is the ratio printed.
+Run: python benchmarks/gpu.py [--rows cpu] [--samples 128 --seqlen 512].
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def measure(device: str, dtype: str, offload: bool, samples: int, seqlen: int) -
     sync()
     compressed = time.perf_counter() - start
     device_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    compress_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before eval
     start = time.perf_counter()
     protocol = PerplexityProtocol("austen:emma", 512, 8192, 4)
     ppl = evaluate_perplexity(lm.model, lm.tokenizer, protocol, progress=False).perplexity
@@ -84,6 +87,7 @@ def measure(device: str, dtype: str, offload: bool, samples: int, seqlen: int) -
         "compress s": round(compressed, 1),
         "x floor": round(compressed / floor, 1),
         "eval s": round(time.perf_counter() - start, 1),
+        "peak RSS compress GiB": round(compress_rss, 2),
         "peak RSS GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "peak device GiB": None if device_peak is None else round(device_peak, 2),
         "perplexity": round(ppl, 3),

@@ -339,3 +339,17 @@ def test_final_layers_lead_from_the_last_block_to_the_logits(families, family):
     if family == "opt-post":
         apply_step(lm, parse_step("sleb:blocks=1,keep_first=0"), _tokens(4, 7), progress=False)
         assert len(decoder_blocks(lm.model)[1]) == 1
+
+
+def test_memory_plan_counts_the_kwargs_of_every_layer_type():
+    """Gemma3's sliding-window layers get their own mask and rotary tables: the plan holds
+    both layer types' kwargs, not only block 0's."""
+    from pqorder.plan import _walk_shapes
+
+    mixed = tiny_family("gemma3").model
+    config = CONFIGS["gemma3"]()
+    config.layer_types = ["full_attention", "full_attention"]
+    torch.manual_seed(0)
+    alike = transformers.AutoModelForCausalLM.from_config(config).eval()
+    kwargs_mixed, kwargs_alike = _walk_shapes(mixed, 16)[1], _walk_shapes(alike, 16)[1]
+    assert kwargs_mixed > kwargs_alike > 0

@@ -97,6 +97,21 @@ def test_cpu_refusal_counts_host_ram(smol):
     check_fits(plan, device_free=8 * GIB)
 
 
+
+def test_studies_are_refused_before_loading_when_the_plan_does_not_fit(monkeypatch, tmp_path):
+    """A study command checks the plan of the methods it will run, as compress does."""
+    import pqorder.api
+    import pqorder.plan
+
+    monkeypatch.setattr(pqorder.plan, "device_available", lambda device: GIB // 5)
+    monkeypatch.setattr(pqorder.api, "load_model", lambda *a: pytest.fail("model was loaded"))
+    with pytest.raises(ConfigError, match=r"^needs \d+\.\d+ GiB on host RAM .*0\.20 GiB free"):
+        pqorder.api.open_study(store=tmp_path / "runs.db", steps=["sparsegpt:ratio=0.5"])
+    store = str(tmp_path / "runs.db")
+    res = CliRunner().invoke(app, ["search", "--methods", "gptq:bits=4", "--store", store])
+    assert isinstance(res.exception, ConfigError) and "0.20 GiB free" in str(res.exception)
+
+
 def test_plan_command_prints_the_plan():
     res = CliRunner().invoke(
         app,

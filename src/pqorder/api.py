@@ -31,6 +31,7 @@ from pqorder.hardware import Placement
 from pqorder.methods.base import Method
 from pqorder.models.loading import load_model
 from pqorder.pipeline import parse_step
+from pqorder.plan import check_run
 from pqorder.prefix_cache import PrefixCache
 from pqorder.report import write_report
 from pqorder.store import RunStore
@@ -47,13 +48,16 @@ def open_study(
     sequential: bool = False,
     progress: bool = True,
     placement: Placement | None = None,
+    steps: Sequence[str | Method] = (),
 ) -> Study:
     """Load ``model`` and open a study that stores runs (default store) and reuses prefixes.
 
     The protocol and calibration default to the model kind's (perplexity on Emma for LMs,
     top-1 on the own test split for vision models, WordNet retrieval for encoders).
     ``placement`` (``pqorder.hardware.resolve_hardware("cuda", "bfloat16")``) says where the
-    model runs and in what dtype (default: CPU, float32).
+    model runs and in what dtype (default: CPU, float32). ``steps``, the methods the study
+    will apply, when given: a study whose memory plan does not fit this machine is refused
+    (``pqorder.plan.check_run``) before the model is loaded.
     """
     protocol = protocol or protocol_for(model)
     protocol.validate()
@@ -63,6 +67,8 @@ def open_study(
         store = RunStore(store)
     if cache is True:
         cache = PrefixCache()
+    if steps:
+        check_run(model, _steps(steps), placement or Placement(), calibration, protocol)
     lm = load_model(model, placement)
     return Study(lm, protocol, calibration, store, cache or None, name, sequential, progress)
 

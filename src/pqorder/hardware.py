@@ -130,28 +130,42 @@ def resolve_hardware(
     return Placement(where, chosen, offload)
 
 
-def resolve_precision(
-    device: str, dtype: str, torch_dtype_of_model: torch.dtype | None, present: bool = True
-) -> tuple[torch.device, torch.dtype]:
-    """The device and the concrete dtype a run would use, for planning it.
+def declared_dtype(config: object) -> torch.dtype | None:
+    """The dtype a transformers config says its checkpoint was saved in (None: it does not)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None
 
-    ``torch_dtype_of_model`` is the dtype the checkpoint was saved in (None: unknown, taken as
-    float32); ``auto`` uses it on an accelerator when the device can run it. ``present=False``
-    names a device of another machine (planning for it): only the spelling is checked.
-    """
-    chosen = resolve_dtype(dtype)
+
+def auto_dtype(
+    device: torch.device, own: torch.dtype | None, saved: bool = False, check: bool = True
+) -> torch.dtype:
+    """What ``--dtype auto`` means for a checkpoint saved in ``own`` (None: unknown): ``own``
+    on an accelerator that runs it, and for a pqorder output (``saved``: its grids are exact in
+    the dtype it was compressed in) on any device; float32 otherwise. ``check=False`` plans
+    for a device of another machine: its support is not probed."""
+    own = own if own in DTYPES.values() else torch.float32
+    if device.type == "cpu" and not saved:
+        return torch.float32
+    if check:
+        try:
+            _check_runs(device, own)
+        except ConfigError:
+            return torch.float32  # the model's own half precision does not run here
+    return own
+
+
+def resolve_precision(
+    device: str, dtype: str, own: torch.dtype | None, present: bool = True, saved: bool = False
+) -> tuple[torch.device, torch.dtype]:
+    """The device and the concrete dtype a run would use, for planning it from the words of
+    the command line (``own``, ``saved``: as for ``auto_dtype``). ``present=False`` names a
+    device of another machine (planning for it): only the spelling is checked."""
     if not present and device == "auto":
         raise ConfigError("--device auto means this machine's device: name the one to plan for")
-    where = resolve_device(device) if present else parse_device(device)
-    if chosen is not None:
-        if present:
-            _check_runs(where, chosen)
-        return where, chosen
-    own = torch_dtype_of_model if torch_dtype_of_model in DTYPES.values() else torch.float32
-    if where.type == "cpu" or own == torch.float32 or not present:
-        return where, torch.float32 if where.type == "cpu" else own
-    try:
-        _check_runs(where, own)
-    except ConfigError:
-        return where, torch.float32  # the model's own half precision does not run here
-    return where, own
+    if present:
+        placement = resolve_hardware(device, dtype)
+        return placement.device, placement.dtype or auto_dtype(placement.device, own, saved)
+    where = parse_device(device)
+    return where, resolve_dtype(dtype) or auto_dtype(where, own, saved, check=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +31,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pqorder.core import Need
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import AssetError, ConfigError
-from pqorder.hardware import Placement, resolve_precision
+from pqorder.eval import Evaluator
+from pqorder.eval.perplexity import PerplexityProtocol
+from pqorder.hardware import Placement, auto_dtype, declared_dtype
 from pqorder.layerwise import capture_block_inputs, input_groups
 from pqorder.methods.base import Method
 from pqorder.methods.obs import SolverSettings
 from pqorder.models import encoder
 from pqorder.models.adapter import compressible_units, decoder_blocks, in_features, unit_shape
-from pqorder.models.loading import ALIASES, model_kind
+from pqorder.models.loading import ALIASES, model_kind, saved_output
 
 GIB = 2**30
 CALIB_BATCH = 8  # the layer-wise walk's calibration batch (layerwise.calibrated_units)
@@ -85,14 +88,6 @@ def gib(n: int) -> str:
     return f"{n / GIB:.1f}" if n >= GIB else f"{n / GIB:.2f}"
 
 
-def _dtype_of(config: object) -> torch.dtype | None:
-    """The dtype a checkpoint was saved in, from its config (None when it does not say)."""
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(value, str):
-        value = getattr(torch, value, None)
-    return value if isinstance(value, torch.dtype) else None
-
-
 def model_config(model: str) -> object:
     """The transformers config of an alias, a checkpoint directory or a hub id (no weights)."""
     from transformers import AutoConfig
@@ -120,7 +115,7 @@ def model_config(model: str) -> object:
 
 def config_dtype(model: str) -> torch.dtype | None:
     """The dtype the model's checkpoint declares (for ``--dtype auto``)."""
-    return _dtype_of(model_config(model))
+    return declared_dtype(model_config(model))
 
 
 class LiveBytes(TorchDispatchMode):
@@ -182,7 +177,8 @@ def _walk_shapes(model: nn.Module, seqlen: int) -> tuple[int, int, int, list[int
     inputs = capture_block_inputs(model, tokens, CALIB_BATCH)
     hidden = inputs.hidden[0]
     per_sample = hidden.numel() * hidden.element_size() // CALIB_BATCH
-    kwargs = _tensor_bytes(inputs.kwargs[0], set())
+    seen: set[int] = set()  # one batch's kwargs of each layer type (Gemma3 has two)
+    kwargs = sum(_tensor_bytes(k[0], seen) for k in [inputs.kwargs, *inputs.typed.values()])
     units = compressible_units(model)
     block_units = {n: m for n, m in units.items() if n.startswith(f"{path}.0.")}
     groups = input_groups(blocks[0], block_units, inputs)
@@ -360,33 +356,31 @@ def check_fits(
 
 def check_run(
     model: str,
-    steps: tuple[Method, ...],
+    steps: Sequence[Method],
     placement: Placement,
     calibration: CalibrationSpec | None,
-    seqlen: int | None,
-    batch_size: int,
+    protocol: Evaluator | None,
 ) -> None:
-    """Refuse, before the model is loaded, a compression run of a transformers model whose plan
-    does not fit this machine (``seqlen`` None: no evaluation after it). Vision models, which
-    the plan does not cover, pass unchecked."""
+    """Refuse, before the model is loaded, compressing a transformers model with ``steps``
+    (and evaluating it with ``protocol``; None: not evaluated) when the plan does not fit this
+    machine. Only perplexity's forward pass is planned (other protocols run lighter passes).
+    Vision models, which the plan does not cover, pass unchecked."""
     if model_kind(model) == "vision":
         return
-    device, dtype = resolve_precision(
-        str(placement.device),
-        str(placement.dtype).removeprefix("torch.") if placement.dtype else "auto",
-        config_dtype(model),
-    )
+    device = placement.device
+    dtype = placement.dtype or auto_dtype(device, config_dtype(model), saved_output(model))
     calibration = calibration or CalibrationSpec()
+    perplexity = protocol if isinstance(protocol, PerplexityProtocol) else None
     memory = plan_memory(
         model,
-        steps,
+        tuple(steps),
         device,
         dtype,
         placement.offload,
         calibration.n_samples,
         calibration.seqlen,
-        seqlen or 2,
-        batch_size,
-        evaluate=seqlen is not None,
+        perplexity.seqlen if perplexity else 2,
+        perplexity.batch_size if perplexity else 1,
+        evaluate=perplexity is not None,
     )
     check_fits(memory)

@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -34,11 +35,26 @@ from pqorder.state import ActivationQuant, Rotation
 ATTENTION = "pqorder"
 
 
+class PlacedMatrix:
+    """A float32 matrix applied in every forward pass, cast once per device and dtype it meets
+    (not on each call: on a GPU in half precision that would copy it per layer per batch)."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        self.matrix = matrix
+        self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def like(self, x: Tensor) -> Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._copies:
+            self._copies[key] = self.matrix.to(x)
+        return self._copies[key]
+
+
 @dataclass
 class AttentionTransform:
     """Per-attention-module settings read by the ``pqorder`` attention function."""
 
-    rotation: Tensor | None  # (head_dim, head_dim) applied to queries and keys
+    rotation: PlacedMatrix | None  # (head_dim, head_dim) applied to queries and keys
     quant: ActivationQuant | None
 
 
@@ -48,7 +64,7 @@ def _attention(
     transform: AttentionTransform | None = getattr(module, "pqorder_attention", None)
     if transform is not None:
         if transform.rotation is not None:
-            r = transform.rotation.to(query)
+            r = transform.rotation.like(query)
             query, key = query @ r, key @ r
         q = transform.quant
         if q is not None and q.kv_bits is not None:
@@ -159,13 +175,14 @@ def _install_hooks(
     attentions = [b.get_submodule(arch.attention) for b in blocks] if arch.attention else []
     r = None
     if online:
-        r = online_rotation(attention_layout(model.config).head_dim, rotation.kind, rotation.seed)
+        head_dim = attention_layout(model.config).head_dim
+        r = PlacedMatrix(online_rotation(head_dim, rotation.kind, rotation.seed))
     needed = r is not None or (act is not None and act.kv_bits is not None)
     for attn in attentions:
         attn.pqorder_attention = AttentionTransform(r, act) if needed else None
     for down in [b.get_submodule(arch.mlp_out) for b in blocks] if online else []:
-        h = online_rotation(in_features(down), rotation.kind, rotation.seed)
-        rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.to(x))))
+        h = PlacedMatrix(online_rotation(in_features(down), rotation.kind, rotation.seed))
+        rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.like(x))))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():
             quant = functools.partial(quantize_input, module=unit, act=act)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pqorder.analysis.search import SearchResult
     from pqorder.analysis.sweep import SweepResult
     from pqorder.analysis.units import InterferenceResult
+    from pqorder.methods.base import Method
 
 MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order (repeatable).")]
 
@@ -48,7 +49,7 @@ def print_search(res: SearchResult) -> None:
     )
 
 
-def _steps(texts: list[str]):
+def _steps(texts: list[str]) -> list[Method]:
     from pqorder.pipeline import parse_step
 
     return [parse_step(t) for t in texts]
@@ -75,7 +76,7 @@ def recommend(
 
     options = _curve_options(reference, bits, ratio, reference_bits, space)
     steps = _steps(methods)
-    s = study()
+    s = study(steps)
     print_recommendation(api.recommend(s, steps, options, collapse))
 
 
@@ -88,6 +89,14 @@ def _curve_options(reference, bits, ratio, reference_bits, space):
     if space not in ("metric", "logppl"):
         raise ConfigError(f"--space must be 'metric' or 'logppl', got '{space}'")
     return CurveOptions(reference, _ints(bits, "--bits"), ratio, reference_bits, space)
+
+
+def _filled(texts: list[str], key: str, values: tuple[float, ...]) -> list[Method]:
+    """The steps a sweep builds from texts without ``key``, at its first value (memory
+    plans need the methods, not every setting)."""
+    from pqorder.pipeline import parse_step
+
+    return [parse_step(t, {key: values[0]}) for t in texts] if values else []
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -121,7 +130,7 @@ def search(
     from pqorder import api
 
     steps = _steps(methods)
-    s = study()
+    s = study(steps)
     from pqorder.analysis.recommend import weaker_first
 
     pih = [p.to_text() for p in weaker_first(s, steps)]
@@ -147,7 +156,7 @@ def grid(
     prune_steps = _steps(prune or ["magnitude:ratio=0.1", "magnitude:ratio=0.25"])
     quant_steps = _steps(quant or ["rtn:bits=4,group=128", "rtn:bits=3,group=128"])
     check_families(prune_steps, quant_steps)
-    s = study()
+    s = study(prune_steps + quant_steps)
     result = api.pair_grid(s, prune_steps, quant_steps)
     print_pair_grid(result, s.lm.name)
     if s.lm.caveat:
@@ -182,7 +191,7 @@ def sweep(
     from pqorder import api
 
     ratio_values, bit_values = _floats(ratios, "--ratios"), _ints(bits, "--bits")
-    s = study()
+    s = study(_filled(prune, "ratio", ratio_values) + _filled([quant], "bits", bit_values))
     result = api.sweep(s, prune, ratio_values, quant, bit_values, plot)
     print_sweep(result)
     console.print(f"plot: {plot}")
@@ -213,7 +222,7 @@ def interference(
             raise ConfigError(f"--pair takes 'prune-step | quant-step', got '{text}'")
         p, q = (t.strip() for t in text.split("|", 1))
         pairs.append((p, q))
-    s = study()
+    s = study(_steps([text for pair in pairs for text in pair]))
     print_interference(api.interference(s, pairs))
 
 

@@ -165,11 +165,18 @@ _GROUPS = {
 }
 
 
-def _open_study(model, name, protocol, calibration, store, no_cache, placement):
+def _open_study(model, name, protocol, calibration, store, no_cache, placement, steps=()):
     from pqorder import api
 
     return api.open_study(
-        model, name, protocol, calibration, store, cache=not no_cache, placement=placement
+        model,
+        name,
+        protocol,
+        calibration,
+        store,
+        cache=not no_cache,
+        placement=placement,
+        steps=steps,
     )
 
 
@@ -187,7 +194,8 @@ def with_options(*groups: str):
     validated before any work starts. The "hardware" group adds ``--device --dtype
     --offload`` and passes ``placement`` (checked before any model is loaded). The "study"
     group (after those) adds ``--model --study --store --no-cache`` and passes ``study``, a
-    function that opens the Study.
+    function that opens the Study: ``study(steps)`` refuses, before loading the model, a study
+    of those methods whose memory plan does not fit this machine.
     """
 
     def decorate(fn):

@@ -95,15 +95,7 @@ def compress(
     check_output(out, overwrite)
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)
-    perplexity = evaluate and protocol.name == "perplexity"
-    check_run(
-        model,
-        tuple(pipe.steps),
-        placement,
-        calibration,
-        protocol.seqlen if perplexity else None,
-        protocol.batch_size if perplexity else 1,
-    )
+    check_run(model, pipe.steps, placement, calibration, protocol if evaluate else None)
     lm = load_model(model, placement)
     if evaluate:
         protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing

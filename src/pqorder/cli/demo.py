@@ -154,7 +154,14 @@ def demo(
     protocol = PerplexityProtocol("austen:emma", 512, max_tokens, 4)
     calibration = CalibrationSpec("austen:pride", calib_samples, calib_seqlen, 0)
     s = api.open_study(
-        model, study, protocol, calibration, store, cache=not no_cache, placement=placement
+        model,
+        study,
+        protocol,
+        calibration,
+        store,
+        cache=not no_cache,
+        placement=placement,
+        steps=LM_PLAN.pair,  # the heaviest methods of the demo
     )
     studies = [(s, LM_PLAN, *_order_study(s, LM_PLAN, out, ""))]
     _export_best(s, studies[0][2], out)

@@ -75,11 +75,13 @@ def plan(
     """Print the memory plan of compressing MODEL with PIPELINE and evaluating it, computed
     from the model's config alone; exit non-zero when it does not fit the device."""
     from pqorder.hardware import resolve_precision
+    from pqorder.models.loading import saved_output
     from pqorder.pipeline import resolve_pipeline
     from pqorder.plan import GIB, check_fits, config_dtype, gib, plan_memory
 
     steps = resolve_pipeline(pipeline).steps
-    where, precision = resolve_precision(device, dtype, config_dtype(model), free is None)
+    own = config_dtype(model)
+    where, precision = resolve_precision(device, dtype, own, free is None, saved_output(model))
     memory = plan_memory(
         model,
         steps,

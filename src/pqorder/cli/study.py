@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pqorder.cli.analyses import _floats
+from pqorder.cli.analyses import _filled, _floats, _steps
 from pqorder.cli.app import app, console, with_options
 from pqorder.tables import cell
 
@@ -37,7 +37,8 @@ def rotation(
     from pqorder.analysis.rotation_study import plot_rotation
 
     ratio_values = _floats(ratios, "--ratios")
-    result = api.rotation_study(study(), prune, ratio_values, rotate)
+    steps = [*_filled(prune, "ratio", ratio_values), *_steps([rotate])]
+    result = api.rotation_study(study(steps), prune, ratio_values, rotate)
     print_rotation(result)
     plot_rotation(result, plot)
     console.print(f"plot: {plot}")
@@ -64,7 +65,6 @@ def metrics(
     on perplexity (default text and windows): does the better order agree across metrics?"""
     from pqorder import api
     from pqorder.analysis.pairs import check_families
-    from pqorder.cli.analyses import _steps
     from pqorder.errors import ConfigError
     from pqorder.eval.harness import LmEvalProtocol
     from pqorder.eval.perplexity import PerplexityProtocol
@@ -77,7 +77,8 @@ def metrics(
     prune_steps = _steps(prune or ["sparsegpt:ratio=0.5"])
     quant_steps = _steps(quant or ["gptq:bits=4,group=128"])
     check_families(prune_steps, quant_steps)
-    result = api.metric_agreement(study(), prune_steps, quant_steps, [PerplexityProtocol()])
+    s = study(prune_steps + quant_steps)
+    result = api.metric_agreement(s, prune_steps, quant_steps, [PerplexityProtocol()])
     print_metric_agreement(result)
 
 

@@ -7,13 +7,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from pqorder.core import Kind, LoadedModel
 from pqorder.errors import AssetError
-from pqorder.hardware import Placement
+from pqorder.hardware import Placement, auto_dtype, declared_dtype
 from pqorder.models import encoder, gemma3, smollm2, zoo
 from pqorder.models.vision import resize_to, timm_deit_base, torchvision_resnet18
 from pqorder.offload import place_model
@@ -34,14 +33,12 @@ VISION_FILE = "pqorder_vision.json"  # marks a saved compressed vision model: {"
 def _from_pretrained(
     source: str | Path, name: str, placement: Placement, kind: Kind = "causal-lm"
 ) -> LoadedModel:
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     auto = AutoModel if kind == "encoder" else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source)
-    # --dtype auto: the checkpoint's own dtype on an accelerator, and for a pqorder output
-    # (its grids are exact in the dtype it was compressed in); float32 otherwise.
-    own = placement.accelerated or (Path(source) / STATE_FILE).exists()
-    dtype = placement.dtype or ("auto" if own else torch.float32)
+    own = declared_dtype(AutoConfig.from_pretrained(source))
+    dtype = placement.dtype or auto_dtype(placement.device, own, saved_output(source))
     model = auto.from_pretrained(source, dtype=dtype)
     model.eval()
     local = Path(source) if Path(source).is_dir() else None
@@ -69,6 +66,11 @@ def _vision_dir(path: Path) -> LoadedModel:
     model.load_state_dict(tensors)
     model.eval()
     return _with_state(LoadedModel(str(path), model, None, kind="vision"), path)
+
+
+def saved_output(spec: str | Path) -> bool:
+    """Whether ``spec`` is a directory pqorder saved (it holds a composition state)."""
+    return (Path(spec).expanduser() / STATE_FILE).exists()
 
 
 def model_kind(spec: str) -> Kind:
