@@ -97,7 +97,6 @@ def test_cpu_refusal_counts_host_ram(smol):
     check_fits(plan, device_free=8 * GIB)
 
 
-
 def test_studies_are_refused_before_loading_when_the_plan_does_not_fit(monkeypatch, tmp_path):
     """A study command checks the plan of the methods it will run, as compress does."""
     import pqorder.api

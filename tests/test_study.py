@@ -9,6 +9,7 @@ import torch
 
 from pqorder import api
 from pqorder.analysis.search import search_orders
+from pqorder.analysis.validation import score_rules, usable
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.engine import apply_step
 from pqorder.errors import ConfigError
@@ -133,6 +134,14 @@ def test_recommend_interference_and_report(study, tmp_path):
     assert len(res.units) == 14 and res.order_dependent_units > 0
     sweep = api.sweep(study, ["magnitude"], [0.1, 0.3], "rtn:group=128", [3, 4])
     assert len(sweep.points) == 4 and "all" in sweep.rho
+    *families, overall = score_rules(sweep.points)
+    kept = [p for p in sweep.points if usable(p)]
+    assert [f.family for f in families] == ["magnitude × rtn g128"] and overall.family == "all"
+    assert overall.points == len(kept) and overall.points + overall.excluded == 4
+    assert overall.hits[1] + overall.hits[2] == overall.points  # the constants are complements
+    q_first_wins = sum(p.advantage_q_first > 0 for p in kept)
+    assert overall.rate("quantize first") == (q_first_wins / len(kept) if kept else None)
+    assert overall.hits[0] == sum((p.advantage_q_first > 0) == (p.cer_gap > 0) for p in kept)
     md = api.report(study, tmp_path / "report")
     text = md.read_text()
     for section in (

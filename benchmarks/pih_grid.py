@@ -1,0 +1,148 @@
+"""The validation grid: does "weaker first" pick the better order on the paper's own pairs?
+
+Both orders of every (pruner, ratio) × (quantizer, bits) point, through a study whose run store
+makes the grid resumable (an interrupted run picks up where it stopped; each single-method
+prefix is computed once and reused by the prefix cache). Then, per pair family and overall:
+the hit rate of weaker-first, of "always prune first" and of "always quantize first", and
+Spearman ρ(A, CER gap), on non-collapse points (``pqorder.analysis.validation``).
+
+Parts (``--parts``, comma-separated):
+- ``lm``: SparseGPT and Wanda at 10–50 % × RTN and GPTQ at 4/5/6/8 bits, group 128 and per
+  output channel (160 points);
+- ``structured``: SLEB and structured heads / channels at 10 and 20 % × the same four
+  quantizers at 4 and 8 bits (48 points);
+- ``vision``: fmnist-cnn, SparseGPT, magnitude and filters at 30–50 % × per-channel RTN and
+  GPTQ at 3/4/5/8 bits (72 points; top-1 on the 10,000 test images).
+
+Protocol (LM parts): calibration ``--calib-samples`` × ``--calib-seqlen`` tokens of Pride and
+Prejudice, seed 0; perplexity on the first ``--max-tokens`` tokens of Emma in 512-token windows
+(batch 4). The defaults (16 × 256, 4,096 tokens) are chosen so that the whole grid runs in a
+few hours on 2 CPU cores; the paper-protocol numbers need ``--calib-samples 128
+--calib-seqlen 2048`` and a GPU. Vision: 128 training images, seed 0.
+Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+QUANTIZERS = ("rtn:group=128", "rtn:group=0", "gptq:group=128", "gptq:group=0")
+PARTS = {  # part → (model, pruners, ratios, quantizers, bits)
+    "lm": (
+        "smollm2-135m",
+        ("sparsegpt", "wanda"),
+        (0.1, 0.2, 0.3, 0.4, 0.5),
+        QUANTIZERS,
+        (4, 5, 6, 8),
+    ),
+    "structured": (
+        "smollm2-135m",
+        ("sleb", "structured:target=heads", "structured:target=channels"),
+        (0.1, 0.2),
+        QUANTIZERS,
+        (4, 8),
+    ),
+    "vision": (
+        "fmnist-cnn",
+        ("sparsegpt", "magnitude", "filters"),
+        (0.3, 0.4, 0.5),
+        ("rtn:group=0", "gptq:group=0"),
+        (3, 4, 5, 8),
+    ),
+}
+
+
+def run_part(part: str, args: argparse.Namespace) -> list:
+    """Every point of one part, in the study ``pih-<part>`` of the store (resumed if there)."""
+    from pqorder import api
+    from pqorder.analysis.sweep import run_sweep
+    from pqorder.data.calibration import CalibrationSpec
+    from pqorder.eval.perplexity import PerplexityProtocol
+
+    model, pruners, ratios, quantizers, bits = PARTS[part]
+    if model == "fmnist-cnn":
+        protocol, calibration = None, None  # the model kind's defaults
+    else:
+        protocol = PerplexityProtocol("austen:emma", 512, args.max_tokens, 4)
+        calibration = CalibrationSpec("austen:pride", args.calib_samples, args.calib_seqlen, 0)
+    study = api.open_study(
+        model, f"pih-{part}", protocol, calibration, args.store, progress=not args.quiet
+    )
+    points = []
+    for quantizer in quantizers:
+        start = time.perf_counter()
+        result = run_sweep(study, pruners, ratios, quantizer, bits, progress=not args.quiet)
+        points += result.points
+        spend = study.spend
+        print(
+            f"{part} × {quantizer}: {len(result.points)} points in "
+            f"{time.perf_counter() - start:.0f} s (stored runs reused {spend.stored_hits})",
+            flush=True,
+        )
+    return points
+
+
+def plot(points: list, path: Path) -> None:
+    """A(Q→P) against the CER gap, one colour per pair family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pqorder.analysis.validation import family_of, usable
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    families = sorted({family_of(p) for p in points})
+    for family in families:
+        kept = [p for p in points if usable(p) and family_of(p) == family]
+        ax.scatter(
+            [p.cer_gap for p in kept], [p.advantage_q_first for p in kept], s=14, label=family
+        )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("CER gap C*_P − C_Q  (> 0: pruning is stronger)")
+    ax.set_ylabel("A(Q→P)  (> 0: quantize first was better)")
+    ax.set_title("weaker first is right in the top-right and bottom-left quadrants")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="lm,structured,vision")
+    parser.add_argument("--store", type=Path, default=Path("pih-grid.db"))
+    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--calib-seqlen", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--json", type=Path, default=Path("pih-grid.json"))
+    parser.add_argument("--plot", type=Path, default=Path("pih-grid.png"))
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
+
+    from pqorder.analysis.validation import score_rules, scores_table
+
+    start = time.perf_counter()
+    points = [p for part in parts for p in run_part(part, args)]
+    scores = score_rules(points)
+    table = scores_table(scores)
+    print(f"\n{table.title} (grid took {time.perf_counter() - start:.0f} s)\n")
+    print("\n".join(table.markdown()))
+    args.json.write_text(
+        json.dumps({"points": [asdict(p) for p in points], "scores": [asdict(s) for s in scores]})
+    )
+    plot(points, args.plot)
+    print(f"points and scores: {args.json}; plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

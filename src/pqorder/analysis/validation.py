@@ -1,0 +1,92 @@
+"""How often an ordering rule picks the measured-better order: the hypothesis against constants.
+
+A point of a sweep measures both orders of one (pruning, quantization) pair; A(Q→P) > 0 means
+quantizing first was better. Three rules are scored on every usable point:
+
+- **weaker first** (the paper's hypothesis): the method with the lower compression-equivalent
+  ratio goes first, so it predicts Q→P when the CER gap C*_P − C_Q is positive;
+- **prune first** and **quantize first**: the two constant rules a rule must beat to be worth
+  anything.
+
+Usable points have both orders evaluated, a known, non-zero CER gap, A ≠ 0 and no collapse
+(the paper excludes collapse zones). Scores are given per pair family — the pruner against the
+quantizer's method and granularity (``sparsegpt × gptq g128``), since bit-width and ratio are
+what a family's sweep varies — and over all points, with Spearman ρ(A, CER gap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pqorder.analysis.sweep import SweepPoint, spearman
+from pqorder.pipeline import parse_step
+from pqorder.tables import Table
+
+RULES = ("weaker first", "prune first", "quantize first")
+
+
+def family_of(point: SweepPoint) -> str:
+    """The pair family of a point: pruner × quantizer method and granularity."""
+    quant = parse_step(point.quant)
+    group = getattr(quant.config, "group", 0)
+    return f"{point.prune} × {quant.name} {f'g{group}' if group else 'per-channel'}"
+
+
+def usable(point: SweepPoint) -> bool:
+    """Whether the point can score a rule (see the module docstring)."""
+    return (
+        not point.collapse
+        and point.advantage_q_first not in (None, 0.0)
+        and point.cer_gap not in (None, 0.0)
+    )
+
+
+def predicts_quantize_first(rule: str, point: SweepPoint) -> bool:
+    """Which order ``rule`` recommends at ``point``: True for Q→P."""
+    if rule == "weaker first":
+        return point.cer_gap > 0  # pruning is the stronger method: quantize first
+    return rule == "quantize first"
+
+
+@dataclass(frozen=True)
+class RuleScores:
+    """Each rule's hits over one family's usable points (or over all of them)."""
+
+    family: str
+    points: int  # usable points
+    excluded: int  # collapse points and points without both orders or a CER gap
+    hits: tuple[int, ...]  # per rule, in ``RULES`` order
+    rho: float | None  # Spearman ρ(A, CER gap) over the usable points
+
+    def rate(self, rule: str) -> float | None:
+        """The fraction of usable points where ``rule`` picked the better order."""
+        return self.hits[RULES.index(rule)] / self.points if self.points else None
+
+
+def _score(family: str, points: Sequence[SweepPoint]) -> RuleScores:
+    kept = [p for p in points if usable(p)]
+    hits = tuple(
+        sum(predicts_quantize_first(rule, p) == (p.advantage_q_first > 0) for p in kept)
+        for rule in RULES
+    )
+    rho = spearman([p.cer_gap for p in kept], [p.advantage_q_first for p in kept])
+    return RuleScores(family, len(kept), len(points) - len(kept), hits, rho)
+
+
+def score_rules(points: Sequence[SweepPoint]) -> list[RuleScores]:
+    """Per pair family (sorted), then "all"."""
+    families: dict[str, list[SweepPoint]] = {}
+    for p in points:
+        families.setdefault(family_of(p), []).append(p)
+    scores = [_score(name, pts) for name, pts in sorted(families.items())]
+    return [*scores, _score("all", points)]
+
+
+def scores_table(scores: Sequence[RuleScores]) -> Table:
+    """Hit rates of the three rules and ρ per family."""
+    rows = tuple(
+        (s.family, s.points, s.excluded, *(s.rate(rule) for rule in RULES), s.rho) for s in scores
+    )
+    columns = ("pair family", "points", "excluded", *RULES, "ρ(A, CER gap)")
+    return Table("which order wins: hit rate of each rule (non-collapse points)", columns, rows)
