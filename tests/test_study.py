@@ -148,6 +148,7 @@ def test_recommend_interference_and_report(study, tmp_path):
         "Protocol",
         "Intensity and recommendation",
         "Sweep",
+        "| pair family | points | excluded | weaker first | prune first | quantize first |",
         "interference",
         "All runs",
     ):

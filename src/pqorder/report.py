@@ -17,6 +17,7 @@ from pqorder.analysis.rotation_study import RotationStudy, plot_rotation
 from pqorder.analysis.search import SearchResult
 from pqorder.analysis.sweep import SweepResult, plot_sweep
 from pqorder.analysis.units import InterferenceResult, interference_table
+from pqorder.analysis.validation import score_rules, scores_table
 from pqorder.errors import PqorderError
 from pqorder.models.loading import CAVEATS
 from pqorder.models.zoo import trained_record
@@ -77,6 +78,7 @@ def _sweep_blocks(sweep: SweepResult, folder: Path) -> list[Block]:
         Block("p", f"Spearman ρ between A(Q→P) and C*_P − C_Q — {rho}."),
         Block("image", image.name),
         Block("table", sweep.table()),
+        Block("table", scores_table(score_rules(sweep.points))),
     ]
 
 

@@ -198,10 +198,14 @@ def sweep(
 
 
 def print_sweep(result: SweepResult) -> None:
-    """The sweep's table (the report's) and Spearman ρ per pruner."""
+    """The sweep's table (the report's), Spearman ρ per pruner, and how often each ordering
+    rule (weaker first, always prune first, always quantize first) picked the better order."""
+    from pqorder.analysis.validation import score_rules, scores_table
+
     console.print(result.table().rich())
     rho = ", ".join(f"{k} {cell(v)}" for k, v in sorted(result.rho.items()))
     console.print(f"Spearman ρ(A, CER gap): {rho}")
+    console.print(scores_table(score_rules(result.points)).rich())
 
 
 @app.command()
