@@ -7,7 +7,6 @@ where ``chmod`` makes a directory read-only for a normal user)."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from pqorder.prefix_cache import ENTRY, LOCKS, STATE, WEIGHTS, PrefixCache, chec
 from pqorder.store import Run, RunStore, StoreError
 from pqorder.study import Study
 
-PROTOCOL = PerplexityProtocol("austen:emma", seqlen=256, max_tokens=512, batch_size=2)
+PROTOCOL = PerplexityProtocol("austen:emma", seqlen=128, max_tokens=128, batch_size=1)
 P, Q = parse_step("rtn:bits=4,group=64"), parse_step("magnitude:ratio=0.3")
 
 
@@ -87,36 +86,35 @@ def _flip(path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize(
-    ("damage", "file"), [(_truncate, WEIGHTS), (_flip, WEIGHTS), (_flip, STATE)]
-)
-def test_a_damaged_entry_counts_as_absent_and_is_recomputed(tiny, tmp_path, damage, file):
+def test_a_damaged_entry_counts_as_absent_and_is_recomputed(tiny, tmp_path):
     cache = PrefixCache(tmp_path / "prefixes")
     first = _study(tiny, tmp_path, "first", cache)
     run = first.evaluate((P, Q))  # caches P
-    fresh = _weights(tiny)
     key = first._prefix_key((P,))
     entry = tmp_path / "prefixes" / key
-    recorded = json.loads((entry / ENTRY).read_text())["files"]
-    assert recorded[WEIGHTS]["blake2b"] == checksum(entry / WEIGHTS)
-    damage(entry / file)
-    assert cache.has(key) == (damage is _flip)  # a size mismatch is seen without reading
+    sound = {f.name: f.read_bytes() for f in entry.iterdir()}
+    recorded = json.loads(sound[ENTRY])["files"]
+    assert all(recorded[f]["blake2b"] == checksum(entry / f) for f in (WEIGHTS, STATE))
     first.reset()
     dense = _weights(tiny)
-    assert cache.load(key, tiny, DenseReference(tiny)) is None  # refused, model untouched
-    assert not entry.exists()
-    assert all(torch.equal(dense[n], w) for n, w in _weights(tiny).items())
+    for damage, file in ((_truncate, WEIGHTS), (_flip, WEIGHTS), (_flip, STATE)):
+        entry.mkdir(exist_ok=True)
+        for name, data in sound.items():
+            (entry / name).write_bytes(data)
+        damage(entry / file)
+        assert cache.has(key) == (damage is _flip)  # a size mismatch is seen without reading
+        assert cache.load(key, tiny, first._dense) is None  # refused, the model untouched
+        assert not entry.exists()
+        assert all(torch.equal(dense[n], w) for n, w in _weights(tiny).items())
 
     again = _study(tiny, tmp_path, "again", cache)  # a new store: nothing stored to reuse
     rerun = again.evaluate((P, Q))
     assert (again.spend.cache_hits, again.spend.applied_steps) == (0, 2)  # P computed again
     assert rerun.value == run.value
-    assert all(torch.equal(fresh[n], w) for n, w in _weights(tiny).items())
     files = json.loads((entry / ENTRY).read_text())["files"]  # the entry was written anew
     assert all(checksum(entry / f) == files[f]["blake2b"] for f in (WEIGHTS, STATE))
-    third = _study(tiny, tmp_path, "third", cache)
-    assert third.evaluate((P, Q)).value == run.value and third.spend.cache_hits == 1
-    third.reset()
+    assert all((entry / f).read_bytes() == sound[f] for f in (WEIGHTS, STATE))  # same bytes
+    again.reset()
 
 
 def test_temp_dirs_of_dead_writers_are_cleared_and_live_ones_kept(tiny, tmp_path):
@@ -179,18 +177,6 @@ def test_a_full_disk_during_an_export_leaves_nothing(tiny, tmp_path, small_disk)
                 save_compressed(tiny, path, {}, overwrite=False)
         assert "No space left on device" in _one_line(info)
         assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
-    out = str(small_disk / "runs.json")
-    done = subprocess.run(
-        [sys.executable, "-m", "pqorder", "runs", "--store", str(store.path), "--export", out],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"error: cannot write {small_disk / 'runs.json'}: No space left on device; "
-        "nothing was written"
-    )
-    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     assert len(store.query()) == 60 and store.get("k3").value == 33.0
 
 

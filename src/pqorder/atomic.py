@@ -88,11 +88,12 @@ def atomic_output(out: Path, directory: bool) -> Iterator[Path]:
 
 def _os_error(exc: BaseException) -> int | None:
     """The errno behind ``exc``: an OSError's, or the one a library's own error quotes
-    (safetensors reports a full disk as ``IoError(Os { code: 28, kind: StorageFull, ... })``)."""
+    (safetensors: ``I/O error: No space left on device (os error 28)``, or in older versions
+    ``IoError(Os { code: 28, kind: StorageFull, ... })``)."""
     if isinstance(exc, OSError):
         return exc.errno
-    found = re.search(r"\bOs \{ code: (\d+)", str(exc))
-    return int(found.group(1)) if found else None
+    found = re.search(r"\bOs \{ code: (\d+)|\(os error (\d+)\)", str(exc))
+    return int(found.group(1) or found.group(2)) if found else None
 
 
 def is_write_failure(exc: BaseException) -> bool:
