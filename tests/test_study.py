@@ -195,15 +195,15 @@ def test_infeasible_order_is_a_failed_run_not_a_crash(study):
 
 
 def test_a_rerun_study_is_bit_identical_and_records_what_made_it(tiny, tmp_path):
-    """The same study made twice from nothing (its own store and cache each time) gives the
+    """The same study made twice from nothing (its own store each time) gives the
     same weights bit for bit and the same metric on CPU; every run names the versions and
     the executor that made it."""
     steps = (parse_step("magnitude:ratio=0.3"), parse_step("rtn:bits=4,group=64"))
-    protocol = PerplexityProtocol("austen:emma", seqlen=128, max_tokens=256, batch_size=2)
+    protocol = PerplexityProtocol("austen:emma", seqlen=128, max_tokens=128, batch_size=1)
     made = []
     for i in range(2):
         store = RunStore(tmp_path / f"runs{i}.sqlite")
-        s = Study(tiny, protocol, CALIBRATION, store, PrefixCache(tmp_path / f"p{i}"), name="r")
+        s = Study(tiny, protocol, CALIBRATION, store, name="r")
         run = s.evaluate(steps)
         made.append((store.get(run.key), {n: w.clone() for n, w in _weights(tiny).items()}))
         s.reset()
