@@ -60,7 +60,7 @@ def test_a_state_of_an_unknown_format_is_refused_in_one_line(tmp_path):
 
 def test_prefix_entries_of_another_format_count_as_absent(tmp_path):
     cache = PrefixCache(tmp_path, max_gb=1)
-    files = {name: {"bytes": 0, "blake2b": "0"} for name in (WEIGHTS, STATE)}
+    files = {name: {"bytes": 0, "sha256": "0"} for name in (WEIGHTS, STATE)}
     for key, texts in {
         "current": {ENTRY: json.dumps({"format": FORMAT, "records": [], "files": files})},
         "v1": {"records.json": "[]"},  # what pqorder wrote before entries had a format

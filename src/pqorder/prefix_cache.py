@@ -62,8 +62,9 @@ def content_key(payload: dict) -> str:
 
 
 def checksum(path: Path) -> str:
-    """The blake2b digest of a file (one pass in 4 MiB chunks)."""
-    digest = hashlib.blake2b()
+    """The sha256 digest of a file in one pass of 4 MiB chunks (sha256: the fastest hashlib
+    digest where the CPU has SHA instructions, about twice blake2b on a SmolLM2 entry)."""
+    digest = hashlib.sha256()
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
@@ -196,7 +197,7 @@ class PrefixCache:
             save_file(tensors, str(tmp / WEIGHTS), metadata={"manifest": manifest_text(manifest)})
             lm.state.save(tmp / STATE)
             files = {
-                name: {"bytes": (tmp / name).stat().st_size, "blake2b": checksum(tmp / name)}
+                name: {"bytes": (tmp / name).stat().st_size, "sha256": checksum(tmp / name)}
                 for name in (WEIGHTS, STATE)
             }
             entry = {"format": FORMAT, "records": [r.to_dict() for r in records], "files": files}
@@ -246,7 +247,7 @@ def _intact(folder: Path, entry: dict, read: bool) -> bool:
     try:
         files = entry["files"].items()
         return all((folder / name).stat().st_size == f["bytes"] for name, f in files) and (
-            not read or all(checksum(folder / name) == f["blake2b"] for name, f in files)
+            not read or all(checksum(folder / name) == f["sha256"] for name, f in files)
         )
     except (OSError, KeyError, TypeError, AttributeError):
         return False
