@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pqorder.errors import ConfigError, FormatError
-from pqorder.prefix_cache import ENTRY, FORMAT, WEIGHTS, PrefixCache
+from pqorder.prefix_cache import ENTRY, FORMAT, STATE, WEIGHTS, PrefixCache
 from pqorder.quantgrid import QuantGrid
 from pqorder.state import CompressionState, ModelTransforms, UnitConstraint
 
@@ -60,18 +60,24 @@ def test_a_state_of_an_unknown_format_is_refused_in_one_line(tmp_path):
 
 def test_prefix_entries_of_another_format_count_as_absent(tmp_path):
     cache = PrefixCache(tmp_path, max_gb=1)
-    for key, files in {
-        "current": {ENTRY: json.dumps({"format": FORMAT, "records": []})},
+    files = {name: {"bytes": 0, "sha256": "0"} for name in (WEIGHTS, STATE)}
+    for key, texts in {
+        "current": {ENTRY: json.dumps({"format": FORMAT, "records": [], "files": files})},
         "v1": {"records.json": "[]"},  # what pqorder wrote before entries had a format
         "v2": {ENTRY: json.dumps({"format": 2, "records": []})},  # every weight, uncompressed
-        "newer": {ENTRY: json.dumps({"format": FORMAT + 1, "records": []})},
+        "v3": {ENTRY: json.dumps({"format": 3, "records": []})},  # no checksums
+        "newer": {ENTRY: json.dumps({"format": FORMAT + 1, "records": [], "files": files})},
         "broken": {ENTRY: "{not json"},
+        "listed": {ENTRY: "[]"},
     }.items():
         (tmp_path / key).mkdir()
-        (tmp_path / key / WEIGHTS).write_bytes(b"")
-        for name, text in files.items():
+        for name in (WEIGHTS, STATE):
+            (tmp_path / key / name).write_bytes(b"")
+        for name, text in texts.items():
             (tmp_path / key / name).write_text(text)
-    assert [k for k in ("current", "v1", "v2", "newer", "broken") if cache.has(k)] == ["current"]
+    assert [
+        k for k in ("current", "v1", "v2", "v3", "newer", "broken", "listed") if cache.has(k)
+    ] == ["current"]
 
 
 def test_prefix_cache_size_is_read_when_a_cache_is_made(tmp_path, monkeypatch):

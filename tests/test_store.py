@@ -172,22 +172,39 @@ def test_v1_store_migrates_in_place_after_a_backup_and_loses_nothing(v1_copy):
     assert backup.read_bytes() == V1.read_bytes()
 
 
-def test_v2_store_gains_the_details_column_in_place(tmp_path):
-    """A schema-v2 file (no ``details`` column) opens as v3 with its runs as they were."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_older_stores_gain_their_new_columns_in_place(tmp_path, version):
+    """A schema-v2 file (no ``details``, no ``executor``) or v3 file (no ``executor``) opens as
+    the current schema with its runs as they were: no details, made by the local executor."""
     path = tmp_path / "runs.sqlite"
     store = RunStore(path)
     store.put(_run("old"))
     store.close()
     with sqlite3.connect(path) as conn:
-        conn.execute("ALTER TABLE runs DROP COLUMN details")
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        for added, column in store_module.ADDED_COLUMNS.items():
+            if added > version:
+                conn.execute(f"ALTER TABLE runs DROP COLUMN {column.split()[0]}")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     store = RunStore(path)
-    assert store.get("old").details == {} and store.get("old").pipeline == _run("old").pipeline
-    store.put(dataclasses.replace(_run("new"), details={"tasks": {"a": 0.5}}))
-    assert store.get("new").details == {"tasks": {"a": 0.5}}
+    old = store.get("old")
+    assert old.details == {} and old.executor == "local" and old.pipeline == _run("old").pipeline
+    store.put(dataclasses.replace(_run("new"), details={"tasks": {"a": 0.5}}, executor="ray"))
+    assert store.get("new").details == {"tasks": {"a": 0.5}} and store.get("new").executor == "ray"
     store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+
+
+def test_a_run_is_stored_once_and_the_first_one_stays(tmp_path):
+    """Two processes that computed the same run both put it: one row, the first run's."""
+    path = tmp_path / "runs.sqlite"
+    first, second = RunStore(path), RunStore(path)
+    kept = first.put(_run("a", ppl=40.0))
+    again = second.put(_run("a", ppl=41.0))
+    assert (again.id, again.value) == (kept.id, 40.0)
+    assert [(r.key, r.value) for r in RunStore(path).query()] == [("a", 40.0)]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 @pytest.mark.parametrize("study", ["lm", "vision"])

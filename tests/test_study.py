@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+import transformers
 
-from pqorder import api
+from pqorder import __version__, api
 from pqorder.analysis.search import search_orders
 from pqorder.analysis.validation import score_rules, usable
 from pqorder.data.calibration import CalibrationSpec
@@ -201,3 +202,24 @@ def test_infeasible_order_is_a_failed_run_not_a_crash(study):
     run = study.evaluate((parse_step("magnitude:ratio=0.3"), parse_step("rotate")))
     assert run.status == "failed" and "infeasible order" in run.error
     assert study.evaluate((parse_step("rotate"),)).ok
+
+
+def test_a_rerun_study_is_bit_identical_and_records_what_made_it(tiny, tmp_path):
+    """The same study made twice from nothing (its own store each time) gives the
+    same weights bit for bit and the same metric on CPU; every run names the versions and
+    the executor that made it."""
+    steps = (parse_step("magnitude:ratio=0.3"), parse_step("rtn:bits=4,group=64"))
+    protocol = PerplexityProtocol("austen:emma", seqlen=128, max_tokens=128, batch_size=1)
+    made = []
+    for i in range(2):
+        store = RunStore(tmp_path / f"runs{i}.sqlite")
+        s = Study(tiny, protocol, CALIBRATION, store, name="r")
+        run = s.evaluate(steps)
+        made.append((store.get(run.key), {n: w.clone() for n, w in _weights(tiny).items()}))
+        s.reset()
+    (first, w1), (second, w2) = made
+    assert first.ok and first.value == second.value and first.key == second.key
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[n], w2[n]) for n in w1)
+    expected = {"torch": torch.__version__, "transformers": transformers.__version__}
+    assert first.versions == {**first.versions, **expected, "pqorder": __version__}
+    assert first.executor == second.executor == "local"

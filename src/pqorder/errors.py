@@ -2,9 +2,19 @@
 
 from collections.abc import Collection
 
+# Every character str.splitlines breaks at, written as its escape instead.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
 
 class PqorderError(Exception):
-    """Base class: the CLI prints the message as one line and exits non-zero."""
+    """Base class: the CLI prints the message as one line and exits non-zero.
+
+    A message stays one line whatever user text it quotes (a step typed with a newline in it,
+    a recipe key): line breaks are shown escaped.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(str(message).translate(_LINE_BREAKS), *args)
 
 
 class ConfigError(PqorderError):
@@ -17,6 +27,11 @@ class AssetError(PqorderError):
 
 class OrderError(ConfigError):
     """A step cannot follow an earlier one (rotation after pruning): this order is infeasible."""
+
+
+class WriteError(PqorderError):
+    """An output, cache entry or store cannot be written (disk full, read-only, no such path);
+    whatever was being written was removed, so nothing is left half-written."""
 
 
 class FormatError(PqorderError):

@@ -6,6 +6,7 @@ front; ``run_pipeline`` applies them in that order through the one engine.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +89,59 @@ def parse_pipeline(text: str) -> Pipeline:
     return Pipeline(tuple(parse_step(part) for part in text.split(STEP_SEPARATOR)))
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in a mapping (plain YAML keeps the last one)
+    and reads ``2:4`` as text (YAML 1.1 reads it as the base-60 integer 124)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        self.flatten_mapping(node)  # merge keys (<<) first: they may be overridden
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                twice = key in seen
+            except TypeError:  # unhashable: the base class refuses it
+                continue
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_INT = "tag:yaml.org,2002:int"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _INT]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(  # YAML 1.1 integers without the base-60 form
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error as one short clause (PyYAML's own message spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_recipe(path: Path) -> Pipeline:
     """YAML recipe: ``pipeline: [{rtn: {bits: 4}}, {magnitude: {ratio: 0.3}}]``."""
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc}") from exc
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc}") from None
+    try:
+        doc = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: plain data only
+    except Exception as exc:  # PyYAML lets ValueError etc. out of bad tagged scalars too
+        raise ConfigError(f"recipe {path} is not valid YAML: {_yaml_problem(exc)}") from None
     items = doc.get("pipeline") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not items:
         raise ConfigError(f"recipe {path} needs a non-empty list under 'pipeline:'")

@@ -3,13 +3,17 @@
 Rows are keyed by a content hash of (model, calibration, protocol, pipeline, engine options),
 so a rerun of a sweep or search finds what is already stored and skips it; a killed process
 loses only the run in flight. A file that is not a pqorder store, or comes from a newer
-schema, is refused with a clear error and never overwritten.
+schema, is refused with a clear error and never overwritten. Two processes may share a store
+(WAL mode, a busy timeout); a run computed by both is stored once, the first one kept. Each run
+records what produced it: the versions of pqorder, torch and transformers, the host and the
+executor.
 
 Schema v2 stores what a run measured without naming any metric specially: the protocol's
 metric name, its value, which direction is better, and M (higher is better). A v1 store (a
 ``perplexity`` column beside M) is migrated in place when opened: the file is first copied
 to ``<name>.v1.bak``, then every run is rewritten in one transaction, so a failure leaves
-the v1 store as it was. Analyses keep their payloads; each payload names its own format.
+the v1 store as it was. Later schemas only add columns (v3 ``details``, v4 ``executor``), added
+in place. Analyses keep their payloads; each payload names its own format.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from pqorder.atomic import atomic_output
 from pqorder.errors import PqorderError, check_format
 from pqorder.paths import cache_dir
 from pqorder.tables import Table
 
-SCHEMA_VERSION = 3  # 2: metric name/value/direction; 3: a run's evaluation details
-RUN_FORMAT = 3  # version of Run.to_dict (1: the perplexity-column form of schema v1)
+SCHEMA_VERSION = 4  # 2: metric name/value/direction; 3: evaluation details; 4: executor
+RUN_FORMAT = 4  # version of Run.to_dict (1: the perplexity-column form of schema v1)
+BUSY_SECONDS = 60  # how long a writer waits for another process's transaction to finish
 Direction = Literal["lower", "higher"]  # which values of a metric are better
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -56,7 +62,8 @@ _TABLES = (
     peak_rss_mb REAL,
     versions TEXT NOT NULL,
     host TEXT NOT NULL,
-    details TEXT
+    details TEXT,
+    executor TEXT
 )""",
     "CREATE INDEX IF NOT EXISTS runs_study ON runs (study)",
     """CREATE TABLE IF NOT EXISTS analyses (
@@ -89,7 +96,11 @@ COLUMNS = (
     "versions",
     "host",
     "details",
+    "executor",
 )
+# Columns later schemas added to the runs table, by the version that added them (rows from
+# before hold NULL: no details, and the "local" executor, the only one there was).
+ADDED_COLUMNS = {3: "details TEXT", 4: "executor TEXT"}
 JSON_COLUMNS = ("calibration", "protocol", "steps", "versions", "details")
 
 
@@ -113,6 +124,7 @@ def default_store_path() -> Path:
 
 
 def versions() -> dict[str, str]:
+    """The versions a run was made with (recorded in every run, for reproducing it)."""
     import torch
     import transformers
 
@@ -179,6 +191,7 @@ class Run(Measurement):
     details: dict = field(default_factory=dict)  # what the protocol reports beyond its value
     versions: dict = field(default_factory=versions)
     host: str = field(default_factory=socket.gethostname)
+    executor: str = "local"  # what ran it: local (in the driver), process or ray
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     id: int | None = None
 
@@ -190,7 +203,7 @@ class Run(Measurement):
     def from_dict(cls, raw: dict) -> Run:
         """A run from ``to_dict``, or from a schema-v1 row or export (format 1)."""
         data = {k: v for k, v in raw.items() if k != "format"}
-        if check_format("run", raw.get("format", 1), (1, 2, RUN_FORMAT)) == 1:
+        if check_format("run", raw.get("format", 1), (1, 2, 3, RUN_FORMAT)) == 1:
             ppl = data.pop("perplexity")
             name = data["protocol"].get("task", "perplexity")
             value = ppl if ppl is not None else data["metric"]
@@ -215,35 +228,64 @@ def runs_table(runs: Sequence[Run], metric_name: str | None = None) -> Table:
 
 
 class RunStore:
-    """SQLite-backed store of runs (one file, one table of runs)."""
+    """SQLite-backed store of runs (one file, one table of runs).
+
+    Several processes may use one store at once: the file is in WAL mode (readers never wait
+    for the writer), a writer waits up to ``BUSY_SECONDS`` for another's transaction, one
+    opener at a time checks, migrates or creates the tables, and a run is stored once per key.
+    """
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        existed = self.path.exists() and self.path.stat().st_size > 0
         try:
-            self._conn = sqlite3.connect(self.path, timeout=30)
-            version = self._check_schema() if existed else SCHEMA_VERSION
-            if version == 1:
-                self._migrate_v1()
-            elif version == 2:
-                self._migrate_v2()
-            with self._conn:
-                for statement in _TABLES:
-                    self._conn.execute(statement)
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the run store {self.path}: {exc.strerror or exc}; pass a "
+                "--store path in a writable directory"
+            ) from None
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")  # no other process sets up meanwhile
+                with self._conn:  # commits the set-up, or rolls all of it back
+                    self._set_up()
+                self._conn.execute("PRAGMA journal_mode=WAL")  # kept in the file from now on
+            except BaseException:
+                self._conn.close()
+                raise
+        except sqlite3.OperationalError as exc:
+            hint = (
+                f"another process held it for over {BUSY_SECONDS} s; try again"
+                if "locked" in str(exc)
+                else "pass a --store path in a writable directory"
+            )
+            raise StoreError(f"cannot write the run store {self.path} ({exc}); {hint}") from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{self.path} is not a usable pqorder run store ({exc}); it was left untouched — "
                 "move it away or pass another --store path"
             ) from exc
 
-    def _check_schema(self) -> int:
-        """The schema version of an existing file, refusing foreign and newer files."""
+    def _set_up(self) -> None:
+        """Check an existing store (refusing foreign and newer files) and bring an older one
+        to this schema, or create the tables of a new one (inside the opening transaction)."""
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master")}
+        if tables:
+            version = self._check_schema(tables)
+            if version == 1:
+                self._migrate_v1()
+            for added, column in ADDED_COLUMNS.items():
+                if 1 < version < added:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+        for statement in _TABLES:
+            self._conn.execute(statement)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    def _check_schema(self, tables: set[str]) -> int:
+        """The schema version of an existing file, refusing foreign and newer files."""
         if "meta" not in tables:
             raise StoreError(
                 f"{self.path} is an SQLite file but not a pqorder run store; it was left "
@@ -262,44 +304,26 @@ class RunStore:
         return None if row is None else int(row[0])
 
     def _migrate_v1(self) -> None:
-        """Rewrite a schema-v1 store in the current schema in one transaction, after a backup.
+        """Rewrite a schema-v1 store in the current schema (inside the opening transaction, so
+        a failure leaves it as it was), after a backup.
 
         Every run keeps its id, key and fields; v1's ``perplexity`` becomes the value of a
         perplexity run (M stays as it was). Analyses are not touched.
         """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")  # no other process writes until this commits
-        with conn:  # commits at the end, rolls everything back on any error
-            if self._version() != 1:  # another process migrated it meanwhile
-                return
-            self._backup(self.path.with_name(f"{self.path.name}.v1.bak"))
-            cursor = conn.execute("SELECT * FROM runs ORDER BY id")
-            names = [d[0] for d in cursor.description]
-            runs = [Run.from_dict(_decoded(dict(zip(names, row, strict=True)))) for row in cursor]
-            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
-            conn.execute("DROP TABLE runs")
-            for statement in _TABLES:
-                conn.execute(statement)
-            for run in runs:
-                self._insert(_row(run))
-            if seq is not None:  # ids of deleted runs stay unused
-                conn.execute("DELETE FROM sqlite_sequence WHERE name = 'runs'")
-                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", seq)
-            conn.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-            )
-
-    def _migrate_v2(self) -> None:
-        """Schema v2 → v3: the runs table gains its nullable ``details`` column (no rewrite)."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        with conn:
-            if self._version() != 2:  # another process migrated it meanwhile
-                return
-            conn.execute("ALTER TABLE runs ADD COLUMN details TEXT")
-            conn.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-            )
+        self._backup(self.path.with_name(f"{self.path.name}.v1.bak"))
+        cursor = conn.execute("SELECT * FROM runs ORDER BY id")
+        names = [d[0] for d in cursor.description]
+        runs = [Run.from_dict(_decoded(dict(zip(names, row, strict=True)))) for row in cursor]
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+        conn.execute("DROP TABLE runs")
+        for statement in _TABLES:
+            conn.execute(statement)
+        for run in runs:
+            self._insert(_row(run))
+        if seq is not None:  # ids of deleted runs stay unused
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = 'runs'")
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", seq)
 
     def _backup(self, backup: Path) -> None:
         """Copy the store to ``backup``; an existing backup of other content is refused."""
@@ -314,14 +338,14 @@ class RunStore:
             raise StoreError(f"cannot back up {self.path} before migrating it: {exc}") from exc
 
     def _insert(self, values: dict[str, object]) -> int | None:
-        """Insert (or replace, by key) one row; the new row's id."""
+        """Insert one row unless a run of its key is stored: the new row's id, else None."""
         names = list(values)
         cur = self._conn.execute(
-            f"INSERT OR REPLACE INTO runs ({', '.join(names)}) "
-            f"VALUES ({', '.join('?' for _ in names)})",
+            f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) "
+            "ON CONFLICT (key) DO NOTHING",
             [values[n] for n in names],
         )
-        return cur.lastrowid
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     def close(self) -> None:
         self._conn.close()
@@ -333,10 +357,15 @@ class RunStore:
         return None if row is None else _to_run(row)
 
     def put(self, run: Run) -> Run:
-        """Insert (or replace) one run in its own transaction."""
+        """Store a run in its own transaction, once per key: when a run of the same key is
+        already stored (another process computed it meanwhile) that one stays and is returned,
+        so every process sees the same run."""
         values = {k: v for k, v in _row(run).items() if k != "id"}
         with self._conn:
-            run.id = self._insert(values)
+            new_id = self._insert(values)
+        if new_id is None:
+            return self.get(run.key)
+        run.id = new_id
         return run
 
     def put_analysis(self, study: str, kind: str, payload: dict) -> None:
@@ -381,18 +410,18 @@ class RunStore:
         return [_to_run(r) for r in rows]
 
     def export(self, runs: list[Run], path: Path) -> None:
-        """CSV or JSON by the file's suffix, written atomically."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        if path.suffix == ".json":
-            tmp.write_text(json.dumps([r.to_dict() for r in runs], indent=2))
-        elif path.suffix == ".csv":
-            with tmp.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-                writer.writeheader()
-                writer.writerows(_row(r) for r in runs)
-        else:
+        """CSV or JSON by the file's suffix, written atomically (a failed write leaves no file
+        and raises a one-line WriteError)."""
+        if path.suffix not in (".json", ".csv"):
             raise PqorderError(f"export format of {path} unknown: use a .csv or .json file")
-        tmp.replace(path)
+        with atomic_output(path, directory=False) as tmp:
+            if path.suffix == ".json":
+                tmp.write_text(json.dumps([r.to_dict() for r in runs], indent=2))
+            else:
+                with tmp.open("w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+                    writer.writeheader()
+                    writer.writerows(_row(r) for r in runs)
 
 
 def _row(run: Run) -> dict[str, object]:
@@ -412,4 +441,5 @@ def _to_run(row: tuple) -> Run:
     data = _decoded(dict(zip(COLUMNS, row, strict=True)))
     del data["metric"]  # derived from value and direction
     data["details"] = data["details"] or {}  # NULL in rows from before schema v3
+    data["executor"] = data["executor"] or "local"  # NULL in rows from before schema v4
     return Run(**data)

@@ -11,6 +11,7 @@ model's files where they still hold it, else held in memory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import resource
 import time
@@ -23,7 +24,7 @@ from pqorder.core import LoadedModel, Need
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.dense import DenseReference
 from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
-from pqorder.errors import OrderError, PqorderError
+from pqorder.errors import OrderError, PqorderError, WriteError
 from pqorder.eval import Evaluator, evaluation_details, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
 from pqorder.hardware import CPU_FLOAT32
@@ -119,6 +120,9 @@ class Study:
                 value = protocol.score(self.lm)
                 if not math.isfinite(value):
                     error = f"{protocol.name} is {value}"
+            except WriteError:  # the cache's disk, not the run: stop, store nothing
+                self._position = None
+                raise
             except PqorderError as exc:
                 error = str(exc)
                 self._position = None  # the model is in an unknown state: restart from dense
@@ -170,25 +174,37 @@ class Study:
         check_pipeline(dense, tuple(steps))
 
     def _materialize(self, steps: tuple[Method, ...]) -> None:
-        """Make the model hold exactly ``steps`` applied to the dense model."""
+        """Make the model hold exactly ``steps`` applied to the dense model.
+
+        A prefix worth caching is computed under its cache entry's lock, so when another
+        process is computing the same prefix this one waits and loads it instead.
+        """
         texts = tuple(s.to_text() for s in steps)
         start = self._start_point(steps, texts)
         for i in range(start, len(steps)):
-            record = apply_step(
-                self.lm,
-                steps[i],
-                self._tokens_for(steps[i]),
-                progress=self.progress,
-                sequential=self.sequential,
-            )
-            self._records = [*self._records[:i], record]
-            self._position = texts[: i + 1]
-            self.spend.applied_steps += 1
-            self.spend.applied_seconds += record.seconds
             extendable = i + 1 < len(steps) or len(steps) == 1
+            apply = functools.partial(self._apply, steps, i)
             if self.cache is not None and extendable:
                 key = self._prefix_key(steps[: i + 1])
-                self.cache.save(key, self.lm, self._records, self._dense)
+                self._records, hit = self.cache.load_or_compute(key, self.lm, self._dense, apply)
+                self.spend.cache_hits += hit
+            else:
+                self._records = apply()
+            self._position = texts[: i + 1]
+
+    def _apply(self, steps: tuple[Method, ...], i: int) -> list[StepRecord]:
+        """Apply step ``i`` to the model holding ``steps[:i]``; the records of ``steps[:i+1]``."""
+        self._position = None  # until the step is done, the model holds neither
+        record = apply_step(
+            self.lm,
+            steps[i],
+            self._tokens_for(steps[i]),
+            progress=self.progress,
+            sequential=self.sequential,
+        )
+        self.spend.applied_steps += 1
+        self.spend.applied_seconds += record.seconds
+        return [*self._records[:i], record]
 
     def _start_point(self, steps: tuple[Method, ...], texts: tuple[str, ...]) -> int:
         """Steps already in place after choosing the cheapest starting point."""
@@ -196,9 +212,9 @@ class Study:
         held = len(here) if here is not None and texts[: len(here)] == here else -1
         if self.cache is not None:
             for k in range(len(steps), max(held, 0), -1):
-                key = self._prefix_key(steps[:k])
-                if self.cache.has(key):
-                    self._records = self.cache.load(key, self.lm, self._dense)
+                records = self.cache.load(self._prefix_key(steps[:k]), self.lm, self._dense)
+                if records is not None:
+                    self._records = records
                     self._position = texts[:k]
                     self.spend.cache_hits += 1
                     return k

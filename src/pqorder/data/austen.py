@@ -7,6 +7,7 @@ zlib stream of an R serialization (a character vector, one line of text per elem
 
 from __future__ import annotations
 
+import functools
 import gzip
 import warnings
 import zlib
@@ -52,8 +53,14 @@ def read_book(key: str) -> str:
     folder = austen_dir()
     if not all((folder / f).exists() for f in _FILES):
         raise AssetError("the Austen novels are not unpacked yet: run `pqorder prepare`")
+    return _book_text(folder, BOOKS[key])
+
+
+@functools.lru_cache(maxsize=8)
+def _book_text(folder: Path, variable: str) -> str:
+    """One novel read from the R data files (kept: parsing them takes seconds per call)."""
     index = _unserialize(gzip.decompress((folder / "Rdata.rdx").read_bytes()))
-    offset, length = (int(v) for v in index["variables"][BOOKS[key]])
+    offset, length = (int(v) for v in index["variables"][variable])
     with open(folder / "Rdata.rdb", "rb") as fh:
         fh.seek(offset)
         chunk = fh.read(length)

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 from torch import Tensor
 
 from pqorder.core import Kind, LoadedModel, ModelOutcome, Need, StepContext
@@ -38,10 +38,19 @@ Fraction = Annotated[float, AfterValidator(_fraction)]  # a share of weights/fil
 
 
 class MethodConfig(BaseModel):
-    """Frozen, strictly validated method settings (unknown keys are errors)."""
+    """Frozen, strictly validated method settings (unknown keys, infinite or NaN floats and
+    integers beyond 64 bits are errors)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     always_show: ClassVar[tuple[str, ...]] = ()  # settings short labels show even at default
+
+    @field_validator("*")
+    @classmethod
+    def _fits_64_bits(cls, v: object) -> object:
+        """Integer settings reach torch as int64 (seeds, sizes): a larger one is refused now."""
+        if isinstance(v, int) and not -(2**63) <= v < 2**63:
+            raise ValueError("out of range: integer settings are signed 64-bit (|n| < 2**63)")
+        return v
 
 
 def step_text(name: str, params: dict[str, Setting]) -> str:

@@ -58,6 +58,8 @@ class SLEBConfig(MethodConfig):
             raise ValueError("keep_first and keep_last must be 0 or more")
         if self.samples is not None and self.samples < 1:
             raise ValueError(f"samples must be at least 1, got {self.samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         return self
 
 
