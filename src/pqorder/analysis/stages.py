@@ -29,7 +29,7 @@ from pqorder.errors import ConfigError, OrderError, check_format
 from pqorder.methods.base import Method, step_text
 from pqorder.methods.pruner import Pruner
 from pqorder.pipeline import parse_step
-from pqorder.store import Direction, Run, m_text
+from pqorder.store import Direction, Measurement, Run, m_text
 from pqorder.study import Study
 from pqorder.tables import Table, cell
 
@@ -75,7 +75,7 @@ class StagesStudy:
         return m_text(self.metric, self.direction)
 
     def _m(self, value: float | None) -> float | None:
-        return None if value is None else -value if self.direction == "lower" else value
+        return Measurement(self.metric, value, self.direction).metric
 
     def mirrors(self) -> list[tuple[StagePoint, StagePoint]]:
         """(front-loaded, back-loaded) pairs of one pruner with mirrored splits (30/10, 10/30)."""
