@@ -2,6 +2,8 @@
 (tiny random LLaMA), the refusal of a stage that would add nothing, and `pqorder study
 stages` (table, plot, stored runs, report) on SmolLM2's first two blocks, tiny budget."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -10,6 +12,7 @@ from pqorder import api
 from pqorder.analysis.stages import StagesStudy
 from pqorder.cli import app
 from pqorder.data.calibration import CalibrationSpec
+from pqorder.data.sources import load_text
 from pqorder.engine import apply_step, check_pipeline
 from pqorder.errors import ConfigError, FormatError, OrderError
 from pqorder.eval.perplexity import PerplexityProtocol
@@ -22,8 +25,16 @@ from pqorder.study import Study
 from tests.test_architectures import _tokens, tiny_family
 from tests.test_obs import _layer
 
-PROTOCOL = PerplexityProtocol("austen:emma", seqlen=256, max_tokens=1024, batch_size=4)
 CALIBRATION = CalibrationSpec("austen:pride", n_samples=8, seqlen=128, seed=0)
+
+
+@pytest.fixture(scope="module")
+def excerpt(tmp_path_factory) -> Path:
+    """The opening of Emma as a small text file: a protocol on it reads and tokenizes a few
+    pages per evaluation instead of the whole novel (the studies evaluate many runs)."""
+    path = tmp_path_factory.mktemp("text") / "emma.txt"
+    path.write_text(load_text("austen:emma").text[:20_000])
+    return path
 
 
 def _pruned_per_unit(units, ratio, per_row):
@@ -103,53 +114,49 @@ def test_stage_orders_that_are_accepted(tiny, text):
     check_pipeline(tiny, parse_pipeline(text).steps)
 
 
-def test_stages_study_runs_every_split_stores_and_reports(tiny, tmp_path):
+def test_stages_study_runs_every_split_stores_and_reports(tiny, excerpt, tmp_path):
     study = Study(
         tiny,
-        PROTOCOL,
+        PerplexityProtocol(f"file:{excerpt}", seqlen=128, max_tokens=256, batch_size=2),
         CALIBRATION,
         RunStore(tmp_path / "runs.sqlite"),
         PrefixCache(tmp_path / "prefixes"),
         name="t",
     )
-    middle = "rtn:bits=4,group=128"
-    result = api.stages_study(study, ["magnitude", "wanda"], 0.4, (0.1, 0.3), middle)
+    result = api.stages_study(study, ["magnitude"], 0.4, (0.1, 0.3), "rtn:bits=4,group=128")
     study.reset()
-    assert [p.split for p in result.points] == ["40/0", "30/10", "10/30", "0/40"] * 2
+    assert [p.split for p in result.points] == ["40/0", "30/10", "10/30", "0/40"]
     units = compressible_units(tiny.model)
     size = sum(m.weight.numel() for m in units.values())
-    for p in result.points:
-        per_row = p.pruner == "wanda"
-        end = sum(_pruned_per_unit(units, 0.4, per_row).values()) / size
-        first = sum(_pruned_per_unit(units, p.before, per_row).values()) / size
-        expected = {"40/0": [end, end], "0/40": [0.0, end]}.get(p.split, [first, first, end])
-        assert p.sparsity == pytest.approx(expected, abs=1e-6) and p.value is not None
-    # every prefix was applied once: 9 per pruner (4 pipelines sharing none) + the middle step
-    assert study.spend.applied_steps == 2 * 9 + 1
+    s1, s3, s4 = (
+        round(sum(_pruned_per_unit(units, r, False).values()) / size, 6) for r in (0.1, 0.3, 0.4)
+    )
+    # the model's sparsity after each step (6 decimals), as the engine counted it
+    assert [p.sparsity for p in result.points] == [[s4, s4], [s3, s3, s4], [s1, s1, s4], [0, s4]]
+    assert all(p.value is not None for p in result.points)
+    # each prefix applied once: 2 + 3 + 3 steps, the middle step once for itself and for 0/40
+    assert study.spend.applied_steps == 2 + 3 + 3 + 1 + 1 and study.spend.cache_hits == 1
     runs = study.store.query(study="t")
     assert len(runs) == 2 + len(result.points)  # dense, middle alone, every split
-    assert [r.metric for r in runs if r.pipeline == "dense"] == [-result.dense]
-    assert [(f.split, b.split) for f, b in result.mirrors()] == [
-        ("40/0", "0/40"),
-        ("30/10", "10/30"),
-    ] * 2
-    assert len(result.held()) == 4
-    assert result.mirror_table().rows[0][5] == pytest.approx(
-        result.points[0].value - result.points[3].value
-    )
+    assert [r.value for r in runs if r.pipeline == "dense"] == [result.dense]
+    mirrors = [(f.split, b.split) for f, b in result.mirrors()]
+    assert mirrors == [("40/0", "0/40"), ("30/10", "10/30")] and len(result.held()) == 2
+    a = result.points[0].value - result.points[3].value  # −ppl(0/40) − (−ppl(40/0))
+    assert result.mirror_table().rows[0][5] == pytest.approx(a)
     (stored,) = [a for a in study.store.analyses("t") if a["kind"] == "stages"]
     assert StagesStudy.from_dict(stored["payload"]) == result
     with pytest.raises(FormatError, match="format 99"):
         StagesStudy.from_dict({**stored["payload"], "format": 99})
     api.report(study, tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "Multi-stage pruning" in md and "0/40" in md and "mirrored pairs" in md
+    assert "Multi-stage pruning" in md and "30/10" in md and "mirrored pairs" in md
     assert (tmp_path / "report" / "stages.png").stat().st_size > 0
 
 
-def test_study_stages_cli_prints_plots_and_stores(tiny_dir, tmp_path):
+def test_study_stages_cli_prints_plots_and_stores(tiny_dir, excerpt, tmp_path):
     store, plot = tmp_path / "runs.sqlite", tmp_path / "stages.png"
-    common = ["-m", str(tiny_dir), "--seqlen", "128", "--max-tokens", "512"]
+    common = ["-m", str(tiny_dir), "--data", f"file:{excerpt}", "--seqlen", "128"]
+    common += ["--max-tokens", "256"]
     common += ["--calib-samples", "4", "--calib-seqlen", "64", "--no-cache"]
     common += ["--store", str(store), "--study", "cli", "--plot", str(plot)]
     args = ["study", "stages", "--prune", "wanda", "--first", "0.2", "--middle", "rtn:bits=4"]
