@@ -90,7 +90,8 @@ def test_sparsegpt_stage_lands_on_its_ratio_whatever_the_earlier_mask():
     "text, top",
     [
         ("sparsegpt:ratio=0.4 > gptq:bits=4 > sparsegpt:ratio=0.2", "sparsegpt:ratio=0.4"),
-        ("wanda:ratio=0.3 > rtn:bits=4 > magnitude:ratio=0.1", "wanda:ratio=0.3"),
+        ("wanda:ratio=0.3 > rtn:bits=4 > wanda:ratio=0.1", "wanda:ratio=0.3"),
+        ("magnitude:ratio=0.5 > sparsegpt:ratio=0.3", "magnitude:ratio=0.5"),
         ("magnitude:nm=2:4 > wanda:ratio=0.3", "magnitude:nm=2:4"),
     ],
 )
@@ -105,7 +106,8 @@ def test_stage_below_the_sparsity_reached_is_refused_before_work(tiny, text, top
 @pytest.mark.parametrize(
     "text",
     [
-        "wanda:ratio=0.3 > rtn:bits=4 > sparsegpt:ratio=0.3",  # equal: rows below it gain zeros
+        "sparsegpt:ratio=0.3 > rtn:bits=4 > sparsegpt:ratio=0.3",  # equal: allowed, adds nothing
+        "magnitude:ratio=0.3 > wanda:ratio=0.2",  # rows magnitude left below 20% gain zeros
         "magnitude:ratio=0.6 > magnitude:nm=2:4",  # N:M is a pattern, not a smaller ratio
         "magnitude:ratio=0.5 > rotate:force=true > magnitude:ratio=0.2",  # rotation drops masks
     ],

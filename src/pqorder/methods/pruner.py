@@ -8,7 +8,8 @@ difference. A pruning budget split into stages around other steps therefore read
 sparsity reached so far: ``sparsegpt:ratio=0.2 > gptq:bits=4 > sparsegpt:ratio=0.4`` prunes
 20% of every layer, quantizes, then prunes another 20% of all weights (a quarter of those
 still alive) on the grid. A stage whose ratio is below the sparsity an earlier stage of the
-same pipeline declared would add nothing, and the order is refused before any work.
+same pipeline declared in the same groups (a ratio of the same kind, or any N:M pattern)
+would add nothing, and the order is refused before any work.
 """
 
 from __future__ import annotations
@@ -78,14 +79,25 @@ class Pruner(UnitMethod):
                     f"{self.name}: N:M {n}:{m} does not divide the width {shape[1]} of {name}"
                 )
 
+    def holds_in_my_groups(self, earlier: Pruner) -> bool:
+        """Whether ``earlier``'s declared sparsity holds in every group this pruner compares
+        in: an N:M pattern holds in every row and layer, a ratio in groups of its own kind."""
+        return earlier.config.nm is not None or earlier.per_row == self.per_row
+
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        """Refuse a ratio below the sparsity an earlier pruning stage declared: the stage would
-        add nothing. A rotation drops earlier masks, so only stages after the last one count.
-        (An N:M pattern is a constraint of its own and may follow any sparsity.)"""
+        """Refuse a ratio below the sparsity an earlier stage declared in the same groups: the
+        stage would add nothing. A rotation drops earlier masks, so only stages after the last
+        one count. A row-wise ratio after a layer-wise one (or the reverse) may add zeros to
+        the groups the earlier stage left below it, and an N:M pattern is a constraint of its
+        own: both may follow any sparsity."""
         if self.config.ratio is None:
             return
         last_rotation = max((i for i, m in enumerate(earlier) if m.rotates), default=-1)
-        stages = [m for m in earlier[last_rotation + 1 :] if isinstance(m, Pruner)]
+        stages = [
+            m
+            for m in earlier[last_rotation + 1 :]
+            if isinstance(m, Pruner) and self.holds_in_my_groups(m)
+        ]
         top = max(stages, key=lambda m: m.sparsity, default=None)
         if top is not None and top.sparsity > self.config.ratio:
             raise OrderError(
