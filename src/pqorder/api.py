@@ -21,6 +21,8 @@ from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.recommend import recommend as _recommend
 from pqorder.analysis.rotation_study import PRUNERS, RATIOS, RotationStudy, run_rotation_study
 from pqorder.analysis.search import SearchResult, search_orders
+from pqorder.analysis.stages import FIRST, MIDDLE, TOTAL, StagesStudy, plot_stages, run_stages_study
+from pqorder.analysis.stages import PRUNERS as STAGE_PRUNERS
 from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
 from pqorder.analysis.units import InterferenceResult, analyze_interference, dense_hessians
 from pqorder.data.calibration import CalibrationSpec
@@ -146,6 +148,23 @@ def rotation_study(
     """Pruning with and without a prior rotation (the paper's rotation finding) on this model."""
     result = run_rotation_study(study, pruners, ratios, rotation, study.progress)
     _save(study, "rotation", result.to_dict())
+    return result
+
+
+def stages_study(
+    study: Study,
+    pruners: Sequence[str] = STAGE_PRUNERS,
+    total: float = TOTAL,
+    first: Sequence[float] = FIRST,
+    middle: str = MIDDLE,
+    plot: Path | str | None = None,
+) -> StagesStudy:
+    """``total`` pruning split into two stages around ``middle``, front-loaded to back-loaded,
+    per pruner (the paper's multi-stage finding: the stronger stage later wins); runs stored."""
+    result = run_stages_study(study, pruners, total, first, middle, study.progress)
+    _save(study, "stages", result.to_dict())
+    if plot is not None:
+        plot_stages(result, Path(plot))
     return result
 
 

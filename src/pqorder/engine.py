@@ -30,7 +30,9 @@ class StepRecord:
     granularity: str
     seconds: float
     units: int
-    sparsity: float  # fraction of pruned weights over the touched units (from the masks)
+    # fraction of pruned weights over the touched units (from the masks); a pruner or a
+    # quantizer touches every unit, so this is the model's sparsity after the step
+    sparsity: float
     bits: int | None  # bit-width of the grid the touched units now lie on, if any
     notes: list[str] = field(default_factory=list)  # warnings raised while compressing
     details: JSON = field(default_factory=dict)  # model-level facts (removed blocks)

@@ -1,7 +1,10 @@
 """Pipelines: an ordered list of steps, as text (``a:k=v > b:k=v``) or a YAML recipe.
 
 Order is data: the pipeline is a tuple of (method, config) steps, parsed and validated up
-front; ``run_pipeline`` applies them in that order through the one engine.
+front; ``run_pipeline`` applies them in that order through the one engine. A pruning budget
+may be split into stages around other steps (``sparsegpt:ratio=0.2 > gptq:bits=4 >
+sparsegpt:ratio=0.4``): a pruning ratio is the sparsity after its step, earlier zeros
+included (``pqorder.methods.pruner``), and each step record holds the model's sparsity.
 """
 
 from __future__ import annotations

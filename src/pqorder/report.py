@@ -15,6 +15,7 @@ from pqorder.analysis.pairs import PairGrid
 from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.rotation_study import RotationStudy, plot_rotation
 from pqorder.analysis.search import SearchResult
+from pqorder.analysis.stages import StagesStudy, plot_stages
 from pqorder.analysis.sweep import SweepResult, plot_sweep
 from pqorder.analysis.units import InterferenceResult, interference_table
 from pqorder.analysis.validation import score_rules, scores_table
@@ -109,6 +110,24 @@ def _rotation_blocks(studies: list[RotationStudy], folder: Path) -> list[Block]:
     ]
 
 
+def _stages_blocks(result: StagesStudy, folder: Path) -> list[Block]:
+    image = plot_stages(result, folder / "stages.png")
+    return [
+        Block("h2", "Multi-stage pruning"),
+        Block(
+            "p",
+            f"{result.total:.0%} of the weights pruned in two stages around "
+            f"{result.middle_label}, from all before to all after; a stage's ratio is the "
+            "model's sparsity after it (earlier zeros stay zero). The paper (LLaMA-3-8B, "
+            f"SparseGPT around QuaRot) finds that the stronger stage later wins. Here: "
+            f"{result.summary()}.",
+        ),
+        Block("image", image.name),
+        Block("table", result.table()),
+        Block("table", result.mirror_table()),
+    ]
+
+
 def _interference_blocks(items: list[InterferenceResult]) -> list[Block]:
     return [
         Block("h2", "Order-dependent units and interference"),
@@ -158,6 +177,8 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
         blocks += _interference_blocks([InterferenceResult.from_dict(i) for i in items])
     if items := [a["payload"] for a in analyses if a["kind"] == "rotation"]:
         blocks += _rotation_blocks([RotationStudy.from_dict(i) for i in items], folder)
+    if stages := _latest(analyses, "stages"):
+        blocks += _stages_blocks(StagesStudy.from_dict(stages), folder)
     failed = [r for r in runs if not r.ok]
     blocks += [
         Block("h2", f"All runs ({len(runs)}, {len(failed)} failed)"),

@@ -14,6 +14,7 @@ from pqorder.tables import cell
 if TYPE_CHECKING:
     from pqorder.analysis.metric_agreement import MetricAgreement
     from pqorder.analysis.rotation_study import RotationStudy
+    from pqorder.analysis.stages import StagesStudy
 
 study_app = typer.Typer(help="Packaged studies (results go to the run store and the report).")
 app.add_typer(study_app, name="study")
@@ -50,6 +51,43 @@ def print_rotation(result: RotationStudy) -> None:
     console.print(
         f"dense {cell(result.dense_ppl)}, rotated before pruning {cell(result.rotated_ppl)}"
     )
+
+
+@study_app.command()
+@with_options("protocol", "calibration", "hardware", "study")
+def stages(
+    prune: Annotated[
+        list[str], typer.Option(help="Pruner step without its ratio (repeatable).")
+    ] = ["sparsegpt", "wanda"],  # noqa: B006
+    total: Annotated[float, typer.Option(help="The model's sparsity after the last stage.")] = 0.4,
+    first: Annotated[
+        str, typer.Option(help="Sparsity reached before the middle step, one split each.")
+    ] = "0.3,0.2,0.1",
+    middle: Annotated[
+        str, typer.Option(help="The step between the stages (quantization or rotation).")
+    ] = "gptq:bits=4,group=128",
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("stages.png"),
+    protocol=None,
+    calibration=None,
+    study=None,
+) -> None:
+    """Pruning split into two stages around a middle step, front- to back-loaded, plus all
+    before and all after (ratios are cumulative: the model's sparsity after each stage)."""
+    from pqorder import api
+    from pqorder.analysis.stages import check_stages
+
+    first_values = _floats(first, "--first")
+    check_stages(prune, total, first_values, middle)  # bad input is refused before the model loads
+    result = api.stages_study(study(), prune, total, first_values, middle, plot)
+    print_stages(result)
+    console.print(f"plot: {plot}")
+
+
+def print_stages(result: StagesStudy) -> None:
+    """The stages study's tables (the report's) and its one-line answer."""
+    console.print(result.table().rich())
+    console.print(result.mirror_table().rich())
+    console.print(result.summary())
 
 
 @study_app.command()

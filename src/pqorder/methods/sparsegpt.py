@@ -42,20 +42,26 @@ class _PruneColumns:
         self.pruned = pruned.clone()  # (out, in), True = pruned; grows during the sweep
         self.udiag = udiag
         self.ratio, self.nm, self.grid = ratio, nm, grid
-        self.done = 0  # pruned weights in the columns already swept
+        # The ratio is the layer's total sparsity, earlier zeros included: the zeros still to
+        # add are spread over the blocks in proportion to their alive weights, which any
+        # earlier mask leaves room for (each block's share never exceeds its alive count).
+        self.alive_upto = (~pruned).sum(dim=0).cumsum(0)  # alive weights in columns 0..c
+        target = 0 if ratio is None else int(ratio * pruned.numel())
+        self.new = max(target - int(pruned.sum()), 0)  # zeros this step adds to the layer
+        self.added = 0  # of those, added in the blocks already swept
 
     def start_block(self, i1: int, w_block: Tensor, u_block: Tensor) -> None:
+        if self.ratio is None:
+            return
         width = w_block.shape[1]
         block = self.pruned[:, i1 : i1 + width]
-        if self.ratio is not None:
-            # Exactly floor(ratio · numel) overall: each block takes what keeps the running total.
-            rows = w_block.shape[0]
-            k = int(self.ratio * rows * (i1 + width)) - self.done
-            scores = w_block.pow(2) / self.udiag[i1 : i1 + width].pow(2)
-            keep = prune_lowest(scores.reshape(1, -1), ~block.reshape(1, -1), max(k, 0))
-            block = ~keep.view_as(block)
-            self.pruned[:, i1 : i1 + width] = block
-        self.done += int(block.sum())
+        alive_total = max(int(self.alive_upto[-1]), 1)
+        due = self.new * int(self.alive_upto[i1 + width - 1]) // alive_total - self.added
+        scores = w_block.pow(2) / self.udiag[i1 : i1 + width].pow(2)
+        # the block's earlier zeros rank first, so exactly ``due`` alive weights are added
+        keep = prune_lowest(scores.reshape(1, -1), ~block.reshape(1, -1), int(block.sum()) + due)
+        self.pruned[:, i1 : i1 + width] = ~keep.view_as(block)
+        self.added += due
 
     def target(self, col: int, w_col: Tensor, ahead: Callable[[int], Tensor]) -> Tensor:
         if self.nm is not None and col % self.nm[1] == 0:
@@ -64,7 +70,6 @@ class _PruneColumns:
             scores = ahead(m).pow(2) / self.udiag[col : col + m].pow(2)
             newly = ~prune_lowest(scores, ~group, m - n) & ~group
             self.pruned[:, col : col + m] |= newly
-            self.done += int(newly.sum())
         q = w_col if self.grid is None else self.grid.project_column(w_col, col)
         return torch.where(self.pruned[:, col], torch.zeros_like(q), q)
 
