@@ -88,29 +88,22 @@ def run_part(part: str, args: argparse.Namespace) -> list:
 
 def plot(points: list, path: Path) -> None:
     """A(Q→P) against the CER gap, one colour per pair family."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from pqorder.analysis.validation import family_of, usable
+    from pqorder.plotting import figure
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    families = sorted({family_of(p) for p in points})
-    for family in families:
-        kept = [p for p in points if usable(p) and family_of(p) == family]
-        ax.scatter(
-            [p.cer_gap for p in kept], [p.advantage_q_first for p in kept], s=14, label=family
-        )
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("CER gap C*_P − C_Q  (> 0: pruning is stronger)")
-    ax.set_ylabel("A(Q→P)  (> 0: quantize first was better)")
-    ax.set_title("weaker first is right in the top-right and bottom-left quadrants")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    with figure(path, (7.5, 5)) as ax:
+        families = sorted({family_of(p) for p in points})
+        for family in families:
+            kept = [p for p in points if usable(p) and family_of(p) == family]
+            ax.scatter(
+                [p.cer_gap for p in kept], [p.advantage_q_first for p in kept], s=14, label=family
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("CER gap C*_P − C_Q  (> 0: pruning is stronger)")
+        ax.set_ylabel("A(Q→P)  (> 0: quantize first was better)")
+        ax.set_title("weaker first is right in the top-right and bottom-left quadrants")
+        ax.legend(fontsize=7, ncol=2)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pqorder.errors import check_format
 from pqorder.pipeline import label, parse_step
+from pqorder.plotting import figure
 from pqorder.study import Study
 from pqorder.tables import Table
 
@@ -102,30 +103,21 @@ def run_rotation_study(
 
 def plot_rotation(result: RotationStudy, path: Path) -> Path:
     """Perplexity vs. ratio per pruner, without and with rotation (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, pruner in enumerate(dict.fromkeys(p.pruner for p in result.points)):
-        pts = sorted((p for p in result.points if p.pruner == pruner), key=lambda p: p.ratio)
-        for attr, style, tag in (
-            ("ppl_plain", "o-", ""),
-            ("ppl_rotated", "s--", " after rotation"),
-        ):
-            xy = [(p.ratio, getattr(p, attr)) for p in pts if getattr(p, attr) is not None]
-            if xy:
-                ax.plot(*zip(*xy, strict=True), style, color=f"C{i}", label=f"{pruner}{tag}")
-    if result.dense_ppl is not None:
-        ax.axhline(result.dense_ppl, color="grey", lw=0.8, ls=":", label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("pruning ratio (weights for SparseGPT, blocks for SLEB)")
-    ax.set_ylabel("perplexity")
-    ax.set_title("Pruning with and without a prior rotation")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path) as ax:
+        for i, pruner in enumerate(dict.fromkeys(p.pruner for p in result.points)):
+            pts = sorted((p for p in result.points if p.pruner == pruner), key=lambda p: p.ratio)
+            for attr, style, tag in (
+                ("ppl_plain", "o-", ""),
+                ("ppl_rotated", "s--", " after rotation"),
+            ):
+                xy = [(p.ratio, getattr(p, attr)) for p in pts if getattr(p, attr) is not None]
+                if xy:
+                    ax.plot(*zip(*xy, strict=True), style, color=f"C{i}", label=f"{pruner}{tag}")
+        if result.dense_ppl is not None:
+            ax.axhline(result.dense_ppl, color="grey", lw=0.8, ls=":", label="dense")
+        ax.set_yscale("log")
+        ax.set_xlabel("pruning ratio (weights for SparseGPT, blocks for SLEB)")
+        ax.set_ylabel("perplexity")
+        ax.set_title("Pruning with and without a prior rotation")
+        ax.legend(fontsize=8)
     return path

@@ -29,6 +29,7 @@ from pqorder.errors import ConfigError, OrderError, check_format
 from pqorder.methods.base import Method, step_text
 from pqorder.methods.pruner import Pruner
 from pqorder.pipeline import parse_step
+from pqorder.plotting import figure
 from pqorder.store import Direction, Measurement, Run, m_text
 from pqorder.study import Study
 from pqorder.tables import Table, cell
@@ -260,37 +261,28 @@ def run_stages_study(
 
 def plot_stages(result: StagesStudy, path: Path) -> Path:
     """The metric against the split (front-loaded to back-loaded), one line per pruner."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    splits = sorted({(-p.before, p.split) for p in result.points})
-    where = {split: i for i, (_, split) in enumerate(splits)}
-    for i, pruner in enumerate(dict.fromkeys(p.pruner for p in result.points)):
-        xy = sorted(
-            (where[p.split], p.value)
-            for p in result.points
-            if p.pruner == pruner and p.value is not None
-        )
-        if xy:
-            ax.plot(*zip(*xy, strict=True), "o-", color=f"C{i}", label=pruner)
-    for value, style, tag in (
-        (result.dense, ":", "dense"),
-        (result.middle_alone, "--", f"{result.middle_label} alone"),
-    ):
-        if value is not None:
-            ax.axhline(value, color="grey", lw=0.8, ls=style, label=tag)
-    ax.set_xticks(range(len(splits)), [split for _, split in splits])
-    ax.set_xlabel(f"% of weights pruned before / after {result.middle_label}")
-    ax.set_ylabel(result.metric)
-    if result.metric == "perplexity":
-        ax.set_yscale("log")
-    ax.set_title(f"{result.total:.0%} pruning in two stages (back-loaded to the right)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path) as ax:
+        splits = sorted({(-p.before, p.split) for p in result.points})
+        where = {split: i for i, (_, split) in enumerate(splits)}
+        for i, pruner in enumerate(dict.fromkeys(p.pruner for p in result.points)):
+            xy = sorted(
+                (where[p.split], p.value)
+                for p in result.points
+                if p.pruner == pruner and p.value is not None
+            )
+            if xy:
+                ax.plot(*zip(*xy, strict=True), "o-", color=f"C{i}", label=pruner)
+        for value, style, tag in (
+            (result.dense, ":", "dense"),
+            (result.middle_alone, "--", f"{result.middle_label} alone"),
+        ):
+            if value is not None:
+                ax.axhline(value, color="grey", lw=0.8, ls=style, label=tag)
+        ax.set_xticks(range(len(splits)), [split for _, split in splits])
+        ax.set_xlabel(f"% of weights pruned before / after {result.middle_label}")
+        ax.set_ylabel(result.metric)
+        if result.metric == "perplexity":
+            ax.set_yscale("log")
+        ax.set_title(f"{result.total:.0%} pruning in two stages (back-loaded to the right)")
+        ax.legend(fontsize=8)
     return path

@@ -19,6 +19,7 @@ from pqorder.analysis.cer import quant_ratio
 from pqorder.analysis.intensity import CurveOptions, collapsed, reference_curve
 from pqorder.errors import ConfigError, check_format
 from pqorder.pipeline import parse_step
+from pqorder.plotting import figure
 from pqorder.store import Direction, m_text, v1_direction
 from pqorder.study import Study
 from pqorder.tables import Table
@@ -192,48 +193,39 @@ def _rhos(points: list[SweepPoint]) -> dict[str, float | None]:
 
 def plot_sweep(result: SweepResult, path: Path, title: str = "") -> Path:
     """The paper's figure: x = CER gap C*_P − C_Q, y = A(Q→P), one curve per pruning ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, ratio in sorted({(p.prune, p.ratio) for p in result.points}):
-        pts = sorted(
-            (
-                p
-                for p in result.points
-                if (p.prune, p.ratio) == (name, ratio)
-                and p.cer_gap is not None
-                and p.advantage_q_first is not None
-            ),
-            key=lambda p: p.cer_gap,
-        )
-        if pts:
-            ax.plot(
-                [p.cer_gap for p in pts],
-                [p.advantage_q_first for p in pts],
-                "o-",
-                label=f"{name} {ratio:g}",
+    with figure(path) as ax:
+        for name, ratio in sorted({(p.prune, p.ratio) for p in result.points}):
+            pts = sorted(
+                (
+                    p
+                    for p in result.points
+                    if (p.prune, p.ratio) == (name, ratio)
+                    and p.cer_gap is not None
+                    and p.advantage_q_first is not None
+                ),
+                key=lambda p: p.cer_gap,
             )
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("CER gap  C*_P − C_Q")
-    ax.set_ylabel(f"order advantage  A(Q→P)  [{result.m_text}]")
-    rho = result.rho.get("all")
-    ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            "no point has a CER inside the reference curve",
-            ha="center",
-            transform=ax.transAxes,
-        )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            if pts:
+                ax.plot(
+                    [p.cer_gap for p in pts],
+                    [p.advantage_q_first for p in pts],
+                    "o-",
+                    label=f"{name} {ratio:g}",
+                )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("CER gap  C*_P − C_Q")
+        ax.set_ylabel(f"order advantage  A(Q→P)  [{result.m_text}]")
+        rho = result.rho.get("all")
+        ax.set_title(title or (f"Spearman ρ = {rho:.2f}" if rho is not None else "order advantage"))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "no point has a CER inside the reference curve",
+                ha="center",
+                transform=ax.transAxes,
+            )
     return path
