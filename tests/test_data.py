@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
-from pqorder.data.sources import disjoint_specs, load_text
+from pqorder.data.sources import disjoint_specs, load_text, tokenize
 from pqorder.errors import AssetError, ConfigError
 
 
@@ -63,3 +63,12 @@ def test_bad_calibration(smol, n, seqlen):
         sample_calibration(CalibrationSpec("austen:pride", n, seqlen), smol.tokenizer)
     with pytest.raises(ConfigError, match="context"):
         CalibrationSpec(seqlen=10_000).validate(max_context=8192)
+
+
+def test_tokenized_texts_are_reused_per_tokenizer_and_text(smol):
+    text = load_text("austen:emma").text
+    ids = tokenize(smol.tokenizer, text)
+    assert tokenize(smol.tokenizer, text) is ids  # the second evaluation does not re-tokenize
+    fresh = smol.tokenizer(text[:5000], add_special_tokens=False)["input_ids"]
+    assert tokenize(smol.tokenizer, text[:5000]).tolist() == fresh  # another text: its own ids
+    assert ids[: len(fresh) - 5].tolist() == fresh[:-5]  # a prefix tokenizes alike (cut aside)
