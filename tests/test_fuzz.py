@@ -10,6 +10,7 @@ almost valid. ``PQORDER_FUZZ_EXAMPLES`` raises the number of examples per test (
 
 import math
 import os
+from collections.abc import Callable
 from typing import Literal, get_args, get_origin
 
 import pytest
@@ -191,11 +192,10 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("recipes")
 
 
-@FUZZ
-@given(text=pipeline_texts)
-def test_pipeline_text_is_valid_or_refused_in_one_line(text, folder):
+def _valid_or_refused(parse: Callable[[], Pipeline], folder) -> None:
+    """``parse`` either gives a sound pipeline or raises a one-line ConfigError, nothing else."""
     try:
-        pipe = parse_pipeline(text)
+        pipe = parse()
     except ConfigError as exc:
         _refused_in_one_line(exc)
     else:
@@ -203,14 +203,15 @@ def test_pipeline_text_is_valid_or_refused_in_one_line(text, folder):
 
 
 @FUZZ
+@given(text=pipeline_texts)
+def test_pipeline_text_is_valid_or_refused_in_one_line(text, folder):
+    _valid_or_refused(lambda: parse_pipeline(text), folder)
+
+
+@FUZZ
 @given(name=names, params=settings_maps)
 def test_step_settings_are_valid_or_refused_in_one_line(name, params, folder):
-    try:
-        step = make_step(name, params)
-    except ConfigError as exc:
-        _refused_in_one_line(exc)
-    else:
-        _sound(Pipeline((step,)), folder)
+    _valid_or_refused(lambda: Pipeline((make_step(name, params),)), folder)
 
 
 @FUZZ
@@ -218,12 +219,7 @@ def test_step_settings_are_valid_or_refused_in_one_line(name, params, folder):
 def test_recipe_is_valid_or_refused_in_one_line(text, folder):
     path = folder / "recipe.yaml"
     path.write_text(text)
-    try:
-        pipe = load_recipe(path)
-    except ConfigError as exc:
-        _refused_in_one_line(exc)
-    else:
-        _sound(pipe, folder)
+    _valid_or_refused(lambda: load_recipe(path), folder)
 
 
 @FUZZ
@@ -231,12 +227,7 @@ def test_recipe_is_valid_or_refused_in_one_line(text, folder):
 def test_recipe_bytes_are_valid_or_refused_in_one_line(data, folder):
     path = folder / "bytes.yaml"
     path.write_bytes(data)
-    try:
-        pipe = load_recipe(path)
-    except ConfigError as exc:
-        _refused_in_one_line(exc)
-    else:
-        _sound(pipe, folder)
+    _valid_or_refused(lambda: load_recipe(path), folder)
 
 
 # -- what the fuzzer found, kept as plain cases -----------------------------------------------
