@@ -37,9 +37,10 @@ def _from_pretrained(
 
     auto = AutoModel if kind == "encoder" else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source)
-    own = declared_dtype(AutoConfig.from_pretrained(source))
+    config = AutoConfig.from_pretrained(source)  # read once: its dtype, then the model
+    own = declared_dtype(config)
     dtype = placement.dtype or auto_dtype(placement.device, own, saved_output(source))
-    model = auto.from_pretrained(source, dtype=dtype)
+    model = auto.from_pretrained(source, config=config, dtype=dtype)
     model.eval()
     local = Path(source) if Path(source).is_dir() else None
     lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name), source=local)
