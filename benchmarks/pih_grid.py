@@ -19,6 +19,11 @@ Prejudice, seed 0; perplexity on the first ``--max-tokens`` tokens of Emma in 51
 (batch 4). The defaults (16 × 256, 4,096 tokens) are chosen so that the whole grid runs in a
 few hours on 2 CPU cores; the paper-protocol numbers need ``--calib-samples 128
 --calib-seqlen 2048`` and a GPU. Vision: 128 training images, seed 0.
+Predictor (``pqorder.analysis.predictor``): for every point whose methods both work unit by unit,
+the local errors of both orders on the units of every ``--every``-th block (kept in
+``--local`` so a rerun only computes new points), then the predictor's leave-one-family-out
+evaluation and its calibration, next to the three rules. ``--write-prior`` saves the fit on all
+points as the prior ``pqorder recommend`` ships with.
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
 """
 
@@ -73,6 +78,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         model, f"pih-{part}", protocol, calibration, args.store, progress=not args.quiet
     )
     points = []
+    evidence = []
     for quantizer in quantizers:
         start = time.perf_counter()
         result = run_sweep(study, pruners, ratios, quantizer, bits, progress=not args.quiet)
@@ -83,7 +89,44 @@ def run_part(part: str, args: argparse.Namespace) -> list:
             f"{time.perf_counter() - start:.0f} s (stored runs reused {spend.stored_hits})",
             flush=True,
         )
-    return points
+    evidence = grid_evidence(study, part, points, args)
+    return points, evidence
+
+
+def grid_evidence(study, part: str, points: list, args: argparse.Namespace) -> list:
+    """PairEvidence of every usable point with unit-wise methods (local errors memoised)."""
+    from pqorder.analysis.local_errors import (
+        LocalOrderErrors,
+        is_local,
+        local_order_errors,
+        sample_units,
+    )
+    from pqorder.analysis.predictor import PairEvidence, drop_scale
+    from pqorder.analysis.validation import family_of, usable
+    from pqorder.pipeline import parse_step
+
+    memo = json.loads(args.local.read_text()) if args.local.is_file() else {}
+    samples = None
+    out = []
+    for point in points:
+        prune = parse_step(point.prune, {"ratio": point.ratio}).with_settings(ratio=point.ratio)
+        quant = parse_step(point.quant)
+        scale = drop_scale(study, prune, quant)
+        if not (usable(point) and is_local(prune) and is_local(quant) and scale):
+            continue
+        key = f"{part}|{prune.to_text()}|{quant.to_text()}|every={args.every}"
+        if key not in memo:
+            if samples is None:
+                study.materialize(())
+                samples = sample_units(study.lm, study.calibration_tokens(), args.every)
+                print(f"{part}: unit statistics in {samples.seconds:.1f} s", flush=True)
+            memo[key] = asdict(local_order_errors(samples, prune, quant))
+            tmp = args.local.with_suffix(".tmp")
+            tmp.write_text(json.dumps(memo))
+            tmp.replace(args.local)
+        local = LocalOrderErrors(**memo[key])
+        out.append(PairEvidence(family_of(point), local.log_ratio, scale, point.advantage_q_first))
+    return out
 
 
 def plot(points: list, path: Path) -> None:
@@ -116,22 +159,50 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("pih-grid.json"))
     parser.add_argument("--plot", type=Path, default=Path("pih-grid.png"))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--every", type=int, default=5, help="local errors on every k-th block")
+    parser.add_argument("--local", type=Path, default=Path("pih-local.json"))
+    parser.add_argument("--write-prior", action="store_true")
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
 
+    from pqorder.analysis.predictor import (
+        PRIOR,
+        calibration_table,
+        fit,
+        held_out_table,
+        leave_one_family_out,
+    )
     from pqorder.analysis.validation import score_rules, scores_table
 
     start = time.perf_counter()
-    points = [p for part in parts for p in run_part(part, args)]
+    points, evidence = [], []
+    for part in parts:
+        part_points, part_evidence = run_part(part, args)
+        points += part_points
+        evidence += part_evidence
     scores = score_rules(points)
     table = scores_table(scores)
     print(f"\n{table.title} (grid took {time.perf_counter() - start:.0f} s)\n")
     print("\n".join(table.markdown()))
+    held_out = leave_one_family_out(evidence)
+    for t in (held_out_table(held_out), calibration_table(held_out)):
+        print(f"\n{t.title}\n")
+        print("\n".join(t.markdown()))
+    if args.write_prior:
+        source = f"pih_grid parts {args.parts}, calib {args.calib_samples}x{args.calib_seqlen}"
+        print(f"prior: {fit(evidence, source).save(PRIOR)}")
     args.json.write_text(
-        json.dumps({"points": [asdict(p) for p in points], "scores": [asdict(s) for s in scores]})
+        json.dumps(
+            {
+                "points": [asdict(p) for p in points],
+                "scores": [asdict(s) for s in scores],
+                "evidence": [asdict(e) for e in evidence],
+                "held_out": [asdict(h) for h in held_out],
+            }
+        )
     )
     plot(points, args.plot)
     print(f"points and scores: {args.json}; plot: {args.plot}")

@@ -17,6 +17,7 @@ from pqorder.analysis.intensity import CurveOptions
 from pqorder.analysis.metric_agreement import MetricAgreement, run_metric_agreement
 from pqorder.analysis.pairs import PairGrid
 from pqorder.analysis.pairs import pair_grid as _pair_grid
+from pqorder.analysis.predictor import PredictorFit
 from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.recommend import recommend as _recommend
 from pqorder.analysis.rotation_study import PRUNERS, RATIOS, RotationStudy, run_rotation_study
@@ -84,8 +85,10 @@ def recommend(
     steps: Sequence[str | Method],
     options: CurveOptions | None = None,
     collapse_factor: float = 3.0,
+    prior: PredictorFit | None = None,
+    every: int = 5,
 ) -> Recommendation:
-    rec = _recommend(study, _steps(steps), options, collapse_factor)
+    rec = _recommend(study, _steps(steps), options, collapse_factor, prior, every)
     _save(study, "recommend", rec.to_dict())
     return rec
 

@@ -43,12 +43,15 @@ def _recommend_blocks(rec: Recommendation) -> list[Block]:
         Block("h2", "Intensity and recommendation"),
         Block(
             "p",
-            f"Dense {dense.metric_name} {cell(dense.value)}. Recommended order "
-            f"(weaker first): **{rec.order_label}**; confidence "
-            f"{rec.confidence} (CER gaps {', '.join(cell(g) for g in rec.cer_gaps)}).",
+            f"Dense {dense.metric_name} {cell(dense.value)}. Recommended order: "
+            f"**{rec.order_label}** ({rec.verdict or 'weaker first'}). Weaker first: "
+            f"{rec.labels(rec.rule_order or rec.order)}, confidence {rec.confidence} "
+            f"(CER gaps {', '.join(cell(g) for g in rec.cer_gaps)}).",
         ),
         Block("table", rec.table()),
     ]
+    if rec.calls:
+        blocks.append(Block("table", rec.prediction_table()))
     if rec.warnings:
         blocks += [Block("p", "Warnings:"), Block("list", rec.warnings)]
     return blocks

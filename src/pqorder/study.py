@@ -20,6 +20,7 @@ from dataclasses import asdict, astuple, dataclass
 
 from torch import Tensor
 
+from pqorder.analysis.local_errors import UnitSamples, sample_units
 from pqorder.core import LoadedModel, Need
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.dense import DenseReference
@@ -68,6 +69,7 @@ class Study:
         self._position: tuple[str, ...] | None = ()  # steps the model currently holds
         self._records: list[StepRecord] = []
         self._tokens: Tensor | None = None
+        self._samples: dict[int, UnitSamples] = {}
         self.spend = Spend()
 
     # -- keys ---------------------------------------------------------------------------
@@ -153,6 +155,15 @@ class Study:
         if self._tokens is None:
             _, self._tokens = sample_for(self.lm, self.calibration)
         return self._tokens
+
+    def unit_samples(self, every: int = 1) -> UnitSamples:
+        """Dense weights and calibration statistics of the units of every ``every``-th block
+        (one calibration pass, kept for the study's later questions)."""
+        if every not in self._samples:
+            self.materialize(())
+            tokens = self.calibration_tokens()
+            self._samples[every] = sample_units(self.lm, tokens, every, self.progress)
+        return self._samples[every]
 
     def _tokens_for(self, step: Method) -> Tensor | None:
         return self.calibration_tokens() if step.needs > Need.NOTHING else None

@@ -1,10 +1,16 @@
-"""The Progressive Intensity Hypothesis as a recommender: weaker perturbation first.
+"""The recommendation: which order to use, how sure that is, and what it rests on.
 
-Methods are ordered by measured intensity (M alone, higher = weaker = earlier). Confidence
-comes from the smallest CER gap between consecutive methods: the paper finds the order
-advantage grows with that gap, so a small gap means the order matters little or is
-uncertain. Warnings flag the cases where the hypothesis is known to break or interference
-is expected.
+Two signals, both shown. **Weaker first** (the Progressive Intensity Hypothesis) orders the
+methods by measured intensity (M alone, higher = weaker = earlier), with a confidence from the
+smallest CER gap between consecutive methods. **The predictor** (``pqorder.analysis.predictor``)
+predicts A(Q→P) of every pruning × quantization pair from both orders applied unit by unit
+on calibration statistics, with a 90 % interval and the probability its order is the better
+one. The recommended order follows the predictor where it has features (each method's count of
+pairs it is predicted to precede, ties and other pairs by weaker first) and weaker first
+elsewhere, saying so. The verdict is "confident" only when every predicted pair is; otherwise
+it names the cost of measuring instead (``pqorder search``). Cost: the n methods alone and the
+dense model (n + 1 evaluations) plus one calibration pass and the unit solves. Known regimes
+are named: collapse zones, Harma's case (magnitude × min-max RTN), rotation before pruning.
 """
 
 from __future__ import annotations
@@ -22,30 +28,87 @@ from pqorder.analysis.intensity import (
     collapsed,
     measure_intensity,
 )
+from pqorder.analysis.local_errors import is_local
+from pqorder.analysis.predictor import Prediction, PredictorFit, predict_pair
 from pqorder.errors import ConfigError, check_format
 from pqorder.methods.base import Method
 from pqorder.pipeline import STEP_SEPARATOR, label
-from pqorder.store import Measurement, v1_direction
+from pqorder.store import Measurement, m_text, v1_direction
 from pqorder.study import Study
 from pqorder.tables import Table, cell
 
 HIGH_GAP, MEDIUM_GAP = 0.05, 0.015  # CER gaps (fraction mapping) for high / medium confidence
-FORMAT = 2  # version of Recommendation.to_dict (1: rows of numbers, no labels; read as well)
+FORMAT = 3  # version of Recommendation.to_dict (2: no predictor; 1: no labels; read as well)
+
+
+@dataclass(frozen=True)
+class PairCall:
+    """The predictor's answer for one pruning × quantization pair of the question."""
+
+    prune: str  # step texts
+    quant: str
+    prediction: Prediction
+
+    def to_dict(self) -> dict:
+        return {"prune": self.prune, "quant": self.quant, "prediction": self.prediction.to_dict()}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PairCall:
+        return cls(raw["prune"], raw["quant"], Prediction.from_dict(raw["prediction"]))
 
 
 @dataclass
 class Recommendation:
-    order: list[str]  # step texts, weaker first
+    order: list[str]  # step texts, the recommended order
     intensity: IntensityReport
-    cer_gaps: list[float | None]  # between consecutive methods of the recommended order
-    confidence: str
+    cer_gaps: list[float | None]  # between consecutive methods of the weaker-first order
+    confidence: str  # weaker first's, from the CER gaps
     warnings: list[str] = field(default_factory=list)
+    rule_order: list[str] = field(default_factory=list)  # weaker first
+    calls: list[PairCall] = field(default_factory=list)
+    verdict: str = ""
+
+    def labels(self, steps: Sequence[str]) -> str:
+        """Step texts as short labels joined by the separator."""
+        labels = {m.step: m.label for m in self.intensity.methods}
+        return f" {STEP_SEPARATOR} ".join(labels[s] for s in steps)
 
     @property
     def order_label(self) -> str:
         """The recommended order in short labels."""
-        labels = {m.step: m.label for m in self.intensity.methods}
-        return f" {STEP_SEPARATOR} ".join(labels[s] for s in self.order)
+        return self.labels(self.order)
+
+    def prediction_table(self) -> Table:
+        """Per pair: the predicted A(Q→P) with its interval, the probability, the evidence."""
+        m = m_text(self.intensity.dense.metric_name, self.intensity.dense.direction)
+        rows = []
+        for call in self.calls:
+            pred, local = call.prediction, call.prediction.local
+            first = "quantize" if pred.quant_first else "prune"
+            interval = "-" if pred.low is None else f"[{cell(pred.low)}, {cell(pred.high)}]"
+            rows.append(
+                (
+                    f"{self.labels([call.prune])} × {self.labels([call.quant])}",
+                    first,
+                    pred.advantage,
+                    interval,
+                    pred.confidence,
+                    None if local is None else local.log_ratio,
+                    "-" if local is None else f"{local.disagreeing}/{local.units}",
+                    pred.basis,
+                )
+            )
+        columns = (
+            "pair",
+            "first",
+            f"predicted A(Q→P) [{m}]",
+            "90% interval",
+            "P(right)",
+            "log e_PQ/e_QP",
+            "order-dependent units",
+            "basis",
+        )
+        return Table("predicted order advantage", columns, tuple(rows))
 
     def table(self) -> Table:
         """Each method alone: its family, granularity, value and CER."""
@@ -66,16 +129,30 @@ class Recommendation:
             "cer_gaps": self.cer_gaps,
             "warnings": self.warnings,
             "intensity": self.intensity.to_dict(),
+            "rule_order": self.rule_order,
+            "calls": [c.to_dict() for c in self.calls],
+            "verdict": self.verdict,
         }
 
     @classmethod
     def from_dict(cls, raw: dict) -> Recommendation:
-        """Read ``to_dict``'s form, or format 1 (labels then come from the method registry)."""
-        if check_format("recommendation", raw.get("format", 1), (1, FORMAT)) == 1:
+        """Read ``to_dict``'s form, or formats 1–2 (weaker first only; format 1's labels come
+        from the method registry)."""
+        version = check_format("recommendation", raw.get("format", 1), (1, 2, FORMAT))
+        if version == 1:
             intensity = _intensity_v1(raw)
         else:
             intensity = IntensityReport.from_dict(raw["intensity"])
-        return cls(raw["order"], intensity, raw["cer_gaps"], raw["confidence"], raw["warnings"])
+        return cls(
+            raw["order"],
+            intensity,
+            raw["cer_gaps"],
+            raw["confidence"],
+            raw["warnings"],
+            raw.get("rule_order", raw["order"]),
+            [PairCall.from_dict(c) for c in raw.get("calls", [])],
+            raw.get("verdict", ""),
+        )
 
 
 def _intensity_v1(raw: dict) -> IntensityReport:
@@ -139,6 +216,14 @@ def _warnings(report: IntensityReport, steps: Sequence[Method], collapse: float)
                     f"interference expected: {p.label()} prunes at {p.granularity} "
                     f"granularity inside {q.label()}'s {q.granularity} scales"
                 )
+    for p in prunes:
+        for q in quants:
+            if p.name == "magnitude" and q.name == "rtn":
+                out.append(
+                    f"Harma's case: {p.label()} × {q.label()} is magnitude pruning with a "
+                    f"min-max quantizer, where pruning first is provably at least as good "
+                    f"(Harma et al., 2025)"
+                )
     rotations = [s for s in steps if s.rotates]
     if rotations and prunes:
         out.append(
@@ -160,25 +245,94 @@ def weaker_first(study: Study, steps: Sequence[Method]) -> list[Method]:
     return sorted(steps, key=lambda s: strength(study.evaluate((s,))))
 
 
+def _pair_calls(
+    study: Study, steps: Sequence[Method], prior: PredictorFit | None, every: int
+) -> tuple[list[PairCall], list[str]]:
+    """The predictor on every pruning × quantization pair (notes for pairs it cannot read)."""
+    calls, notes = [], []
+    for p in (s for s in steps if s.family == "prune"):
+        for q in (s for s in steps if s.family == "quantize"):
+            if not (is_local(p) and is_local(q)):
+                whole = p if not is_local(p) else q
+                notes.append(
+                    f"no predictor for {p.label()} × {q.label()}: {whole.label()} changes the "
+                    f"model as a whole (no unit-by-unit form); weaker first decides that pair"
+                )
+                continue
+            prediction = predict_pair(study, study.unit_samples(every), p, q, prior)
+            calls.append(PairCall(p.to_text(), q.to_text(), prediction))
+    if calls and prior is None:
+        notes.append("the predictor has no fit (no prior): it gives the order but no confidence")
+    return calls, notes
+
+
+def _predicted_order(rule: list[Method], calls: Sequence[PairCall]) -> list[Method]:
+    """Each method's count of pairs it is predicted to go first in; ties by weaker first."""
+    wins = dict.fromkeys((s.to_text() for s in rule), 0)
+    decided = set()
+    for call in calls:
+        first = call.quant if call.prediction.quant_first else call.prune
+        wins[first] += 1
+        decided.add(frozenset((call.prune, call.quant)))
+    for a, b in itertools.combinations([s.to_text() for s in rule], 2):
+        if frozenset((a, b)) not in decided:
+            wins[a] += 1  # weaker first: ``rule`` lists the weaker one first
+    return sorted(rule, key=lambda s: (-wins[s.to_text()], rule.index(s)))
+
+
+def _verdict(study: Study, steps: Sequence[Method], calls: Sequence[PairCall]) -> str:
+    """ "confident" when every predicted pair is; else the cost of measuring every order."""
+    if calls and all(c.prediction.confident for c in calls):
+        return "confident: use this order"
+    missing = [
+        order
+        for order in itertools.permutations(steps)
+        if study.store is None or study.store.get(study.run_key(order)) is None
+    ]
+    return (
+        f"uncertain: run `pqorder search` (costs {len(missing)} evaluation"
+        f"{'s' if len(missing) != 1 else ''})"
+    )
+
+
 def recommend(
     study: Study,
     steps: Sequence[Method],
     options: CurveOptions | None = None,
     collapse_factor: float = 3.0,
+    prior: PredictorFit | None = None,
+    every: int = 5,
 ) -> Recommendation:
-    """Measure each method alone and propose the weaker-first order."""
+    """Measure each method alone, predict every pruning × quantization pair, recommend.
+
+    ``prior`` is the predictor's fit (default: the one shipped, fitted on the validation grid);
+    ``every`` samples the units of every k-th block for the local errors.
+    """
     if len(steps) < 2:
         raise ConfigError("an order question needs at least two methods")
     if collapse_factor <= 1:
         raise ConfigError(f"collapse factor must exceed 1, got {collapse_factor}")
+    if every < 1:
+        raise ConfigError(f"every must be at least 1, got {every}")
     report = measure_intensity(study, steps, options)
     if all(m.run.ok and m.run.value == report.dense.value for m in report.methods):
         raise ConfigError("none of the methods changes the model: there is no order to choose")
     ranked = sorted(range(len(steps)), key=lambda i: strength(report.methods[i].run))
-    order = [report.methods[i].step for i in ranked]
+    rule = [steps[i] for i in ranked]
     gaps = []
     for a, b in itertools.pairwise(ranked):
         ca, cb = report.methods[a].cer, report.methods[b].cer
         gaps.append(cb.value - ca.value if ca.in_range and cb.in_range else None)
     warnings = _warnings(report, steps, collapse_factor)
-    return Recommendation(order, report, gaps, _confidence(gaps), warnings)
+    calls, notes = _pair_calls(study, steps, prior or PredictorFit.load(), every)
+    order = _predicted_order(rule, calls)
+    return Recommendation(
+        [s.to_text() for s in order],
+        report,
+        gaps,
+        _confidence(gaps),
+        warnings + notes,
+        [s.to_text() for s in rule],
+        calls,
+        _verdict(study, steps, calls),
+    )

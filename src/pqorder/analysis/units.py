@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor
 
+from pqorder.analysis.local_errors import output_energy
 from pqorder.errors import check_format
-from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method
 from pqorder.models.adapter import compressible_units, get_weight
 from pqorder.pipeline import label
@@ -100,15 +99,9 @@ def interference_table(results: Sequence[InterferenceResult]) -> Table:
     return Table("order-dependent units and interference", columns, rows)
 
 
-@torch.no_grad()
 def dense_hessians(study: Study) -> dict[str, Tensor]:
-    """Every unit's input Hessian on the dense model (one calibration pass, no compression),
-    kept in host memory beside the dense weights they are compared with."""
-    study.reset()
-    lm = study.lm
-    units, tokens = compressible_units(lm.model), study.calibration_tokens()
-    walk = calibrated_units(lm.model, units, tokens, progress=False, placement=lm.placement)
-    return {name: stats.hessian.cpu() for name, _module, stats in walk}
+    """Every unit's input Hessian on the dense model (the study's unit samples, all blocks)."""
+    return {u.name: u.stats.hessian.cpu() for u in study.unit_samples(1).units}
 
 
 def _errors(study: Study, steps: tuple[Method, ...], hessians: dict[str, Tensor]) -> dict:
@@ -117,7 +110,7 @@ def _errors(study: Study, steps: tuple[Method, ...], hessians: dict[str, Tensor]
     out = {}
     for name, module in compressible_units(study.lm.model).items():
         delta = get_weight(module).cpu() - study.dense_weight(name)  # (out, in)
-        error = 0.5 * float((delta @ hessians[name] * delta).sum())
+        error = 0.5 * output_energy(delta, hessians[name])
         out[name] = (error, study.lm.state.get(name).kept(delta))
     return out
 

@@ -24,11 +24,17 @@ MethodsArg = Annotated[list[str], typer.Option("--methods", help="Steps to order
 
 
 def print_recommendation(rec: Recommendation) -> None:
-    """The intensity table (the report's), the recommended order and the warnings."""
+    """The intensity and prediction tables (the report's), both orders, verdict and warnings."""
     console.print(rec.table().rich())
+    if rec.calls:
+        console.print(rec.prediction_table().rich())
     gaps = ", ".join("?" if g is None else f"{g:+.3f}" for g in rec.cer_gaps)
-    console.print(f"recommended order (weaker first): [bold]{escape(rec.order_label)}[/]")
-    console.print(f"confidence: {rec.confidence} (CER gap {gaps})")
+    console.print(
+        f"weaker first: {escape(rec.labels(rec.rule_order))} "
+        f"(confidence {rec.confidence}, CER gap {gaps})"
+    )
+    console.print(f"recommended order: [bold]{escape(rec.order_label)}[/]")
+    console.print(f"verdict: [bold]{escape(rec.verdict)}[/]")
     for w in rec.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")
 
@@ -67,17 +73,20 @@ def recommend(
     ] = "fraction",
     reference_bits: Annotated[int, typer.Option(help="B, the uncompressed bit-width.")] = 16,
     space: Annotated[str, typer.Option(help="Interpolate in 'metric' or 'logppl'.")] = "metric",
+    every: Annotated[
+        int, typer.Option(help="Predictor: local errors on the units of every k-th block.")
+    ] = 5,
     protocol=None,
     calibration=None,
     study=None,
 ) -> None:
-    """Which method is stronger here, and the weaker-first order to use."""
+    """Which order to use: predicted advantage with its interval, weaker first, a verdict."""
     from pqorder import api
 
     options = _curve_options(reference, bits, ratio, reference_bits, space)
     steps = _steps(methods)
     s = study(steps)
-    print_recommendation(api.recommend(s, steps, options, collapse))
+    print_recommendation(api.recommend(s, steps, options, collapse, every=every))
 
 
 def _curve_options(reference, bits, ratio, reference_bits, space):

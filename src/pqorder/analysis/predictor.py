@@ -1,0 +1,246 @@
+"""Predicting the order advantage of a pruning/quantization pair without running both orders.
+
+The evidence a user has paid for anyway is each method alone (intensity needs it) and one
+calibration pass. From the latter, ``pqorder.analysis.local_errors`` applies both orders unit
+by unit and gives x = log(e_P→Q / e_Q→P). The predictor reads the relative advantage
+
+    r = A(Q→P) / s,   s = (M_dense − M_P) + (M_dense − M_Q)   (the drops of the methods alone)
+
+as r ≈ slope · x + intercept, with Gaussian residuals of spread σ fitted on measured pairs (the
+validation grid, ``benchmarks/pih_grid.py``). So A(Q→P) ≈ s · r, with the interval
+s · (r ± z σ), and P(Q→P is better) = Φ(r / σ). Dividing by s puts pairs of different
+strength and models with different metrics on one scale.
+
+Without a fit the sign of x still predicts the order, but no confidence can be given. A pair
+with a model-level method (rotation, block removal, coupled heads/channels) has no local
+errors: the prediction falls back to weaker first and says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pqorder.analysis.local_errors import LocalOrderErrors, UnitSamples, local_order_errors
+from pqorder.analysis.sweep import spearman
+from pqorder.atomic import atomic_output
+from pqorder.errors import ConfigError
+from pqorder.methods.base import Method
+from pqorder.study import Study
+from pqorder.tables import Table
+
+PRIOR = Path(__file__).with_name("predictor_prior.json")  # fitted on the validation grid
+Z90 = 1.6449  # two-sided 90 % normal interval
+CONFIDENT = 0.9  # a sign probability at or above this is "confident"
+
+
+def normal_cdf(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+@dataclass(frozen=True)
+class PairEvidence:
+    """What the predictor reads about one pair (and, on the grid, what was measured)."""
+
+    family: str  # pair family (``validation.family_of``)
+    log_ratio: float  # x = log(e_P→Q / e_Q→P)
+    scale: float  # s = drop of P alone + drop of Q alone, in M units (> 0)
+    advantage: float | None = None  # measured A(Q→P), when known
+
+    @property
+    def relative(self) -> float | None:
+        return None if self.advantage is None else self.advantage / self.scale
+
+
+@dataclass(frozen=True)
+class PredictorFit:
+    """r ≈ slope · x + intercept with residual spread σ, fitted on ``points`` measured pairs."""
+
+    slope: float
+    intercept: float
+    sigma: float
+    points: int
+    source: str  # what it was fitted on (grid, protocol)
+
+    def relative(self, log_ratio: float) -> float:
+        return self.slope * log_ratio + self.intercept
+
+    def save(self, path: Path) -> Path:
+        with atomic_output(path, directory=False) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path = PRIOR) -> PredictorFit | None:
+        """The fit at ``path`` (the shipped prior by default); None when there is none."""
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def fit(points: Sequence[PairEvidence], source: str) -> PredictorFit:
+    """Least squares of r on x over measured pairs (at least three)."""
+    kept = [p for p in points if p.relative is not None and p.scale > 0]
+    if len(kept) < 3:
+        raise ConfigError(f"a predictor needs at least 3 measured pairs to fit, got {len(kept)}")
+    x = np.array([p.log_ratio for p in kept])
+    r = np.array([p.relative for p in kept])
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    (slope, intercept), *_ = np.linalg.lstsq(design, r, rcond=None)
+    residual = r - design @ np.array([slope, intercept])
+    dof = max(len(kept) - 2, 1)
+    sigma = float(math.sqrt(float(residual @ residual) / dof)) or 1e-12
+    return PredictorFit(float(slope), float(intercept), sigma, len(kept), source)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted A(Q→P) of one pair, its 90 % interval and the sign's probability."""
+
+    advantage: float | None  # None without a fit (sign only)
+    low: float | None
+    high: float | None
+    p_quant_first: float | None  # P(Q→P is better); None without a fit
+    quant_first: bool  # the predicted better order
+    basis: str  # "local errors", "local errors (no fit: sign only)" or the fallback reason
+    local: LocalOrderErrors | None = None
+
+    @property
+    def confidence(self) -> float | None:
+        """The probability the predicted order is the better one."""
+        p = self.p_quant_first
+        return None if p is None else max(p, 1.0 - p)
+
+    @property
+    def confident(self) -> bool:
+        return self.confidence is not None and self.confidence >= CONFIDENT
+
+    def to_dict(self) -> dict:
+        raw = asdict(self)
+        raw["local"] = None if self.local is None else asdict(self.local)
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Prediction:
+        local = raw.get("local")
+        return cls(**{**raw, "local": None if local is None else LocalOrderErrors(**local)})
+
+
+def predict(local: LocalOrderErrors, scale: float, prior: PredictorFit | None) -> Prediction:
+    """A(Q→P) from the local errors and the drops of the methods alone (``scale``)."""
+    x = local.log_ratio
+    if prior is None or scale <= 0:
+        why = "no fit" if prior is None else "the methods alone do not change the metric"
+        return Prediction(None, None, None, None, x > 0, f"local errors ({why}: sign only)", local)
+    r = prior.relative(x)
+    half = Z90 * prior.sigma
+    p = normal_cdf(r / prior.sigma)
+    return Prediction(
+        scale * r, scale * (r - half), scale * (r + half), p, r > 0, "local errors", local
+    )
+
+
+def drop_scale(study: Study, prune: Method, quant: Method) -> float | None:
+    """s = (M_dense − M_P) + (M_dense − M_Q) from the stored runs of each method alone (None
+    when one of them failed)."""
+    dense, p, q = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
+    if not (dense.ok and p.ok and q.ok):
+        return None
+    return 2 * dense.metric - p.metric - q.metric
+
+
+def predict_pair(
+    study: Study, samples: UnitSamples, prune: Method, quant: Method, prior: PredictorFit | None
+) -> Prediction:
+    """The predicted A(Q→P) of one pair on ``study``'s model (both methods unit-wise)."""
+    scale = drop_scale(study, prune, quant)
+    local = local_order_errors(samples, prune, quant)
+    return predict(local, scale or 0.0, prior)
+
+
+def fallback(quant_first: bool, reason: str) -> Prediction:
+    """Weaker first's answer, named as such."""
+    return Prediction(None, None, None, None, quant_first, f"weaker first ({reason})")
+
+
+# -- honest evaluation --------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOut:
+    """One family's points predicted by a fit on every other family."""
+
+    family: str
+    predicted: tuple[float, ...]  # predicted A(Q→P) per point
+    measured: tuple[float, ...]  # measured A(Q→P)
+    stated: tuple[float, ...]  # the confidence stated for the predicted order
+
+    @property
+    def right(self) -> tuple[bool, ...]:
+        """Whether the predicted order was the measured-better one, per point."""
+        return tuple((p > 0) == (m > 0) for p, m in zip(self.predicted, self.measured, strict=True))
+
+
+def leave_one_family_out(points: Sequence[PairEvidence]) -> list[HeldOut]:
+    """Fit on all families but one, predict that one; for every family with measured points."""
+    out = []
+    for family in sorted({p.family for p in points}):
+        train = [p for p in points if p.family != family]
+        test = [p for p in points if p.family == family and p.advantage is not None]
+        if len(train) < 3 or not test:
+            continue
+        model = fit(train, f"all families but {family}")
+        r_hat = [model.relative(p.log_ratio) for p in test]
+        out.append(
+            HeldOut(
+                family,
+                tuple(r * p.scale for r, p in zip(r_hat, test, strict=True)),
+                tuple(p.advantage for p in test),
+                tuple(max(q, 1 - q) for q in (normal_cdf(r / model.sigma) for r in r_hat)),
+            )
+        )
+    return out
+
+
+def held_out_table(results: Sequence[HeldOut]) -> Table:
+    """Per held-out family and over all of them: sign accuracy and ρ(predicted A, A)."""
+    rows = []
+    for name, group in [(h.family, [h]) for h in results] + [("all (held out)", list(results))]:
+        predicted = [a for h in group for a in h.predicted]
+        measured = [a for h in group for a in h.measured]
+        right = [r for h in group for r in h.right]
+        if right:
+            rows.append((name, len(right), sum(right) / len(right), spearman(predicted, measured)))
+    return Table(
+        "predictor, leave one family out",
+        ("held-out family", "points", "sign right", "ρ(pred A, A)"),
+        tuple(rows),
+    )
+
+
+def calibration_table(
+    results: Sequence[HeldOut], bins: Sequence[float] = (0.5, 0.7, 0.9, 1.0)
+) -> Table:
+    """Stated confidence against how often the held-out predictions were right."""
+    pairs = [(s, r) for h in results for s, r in zip(h.stated, h.right, strict=True)]
+    rows = []
+    for low, high in itertools.pairwise(bins):
+        inside = [(s, r) for s, r in pairs if low <= s < high or s == high == bins[-1]]
+        n = len(inside)
+        rows.append(
+            (
+                f"{low:.1f}–{high:.1f}",
+                n,
+                sum(s for s, _ in inside) / n if n else None,
+                sum(r for _, r in inside) / n if n else None,
+            )
+        )
+    return Table(
+        "predictor calibration (held-out points)",
+        ("stated confidence", "points", "mean stated", "right"),
+        tuple(rows),
+    )
