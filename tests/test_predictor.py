@@ -71,13 +71,13 @@ def test_local_errors_are_the_engines_weights_scored_on_dense_statistics(study):
 
 
 def _points(slope: float, family_count: int = 3, per: int = 8) -> list[PairEvidence]:
-    """Synthetic evidence on a known line r = slope · x − 0.01 with alternating noise."""
+    """Synthetic evidence on a known line r = slope · x with alternating noise."""
     out = []
     for f in range(family_count):
         for i in range(per):
             x = (i - per / 2 + 0.5) / per + 0.03 * f
             noise = 0.004 * (1 if i % 2 else -1)
-            out.append(PairEvidence(f"fam{f}", x, 2.0, 2.0 * (slope * x - 0.01 + noise)))
+            out.append(PairEvidence(f"fam{f}", x, 2.0, 2.0 * (slope * x + noise)))
     return out
 
 
@@ -85,7 +85,7 @@ def test_fit_predict_and_leave_one_family_out():
     points = _points(0.2)
     model = fit(points, "synthetic")
     assert model.slope == pytest.approx(0.2, abs=0.01)
-    assert model.intercept == pytest.approx(-0.01, abs=0.005) and 0 < model.sigma < 0.01
+    assert 0 < model.sigma < 0.01
     strong = LocalOrderErrors(0.02, 0.01, 14, 0, 0.1)  # x = log 2 > 0: quantize first
     pred = predict(strong, 3.0, model)
     assert pred.quant_first and pred.low < pred.advantage < pred.high
@@ -113,7 +113,7 @@ def test_fit_round_trips(tmp_path):
 
 def test_recommend_follows_a_confident_prediction_and_names_the_cost_otherwise(study):
     steps = ["sparsegpt:ratio=0.5", "rtn:bits=3,group=64"]
-    sure = PredictorFit(slope=1.0, intercept=0.0, sigma=1e-4, points=10, source="test")
+    sure = PredictorFit(slope=1.0, sigma=1e-4, points=10, source="test")
     rec = api.recommend(study, steps, CURVE, prior=sure, every=1)
     (call,) = rec.calls
     x = call.prediction.local.log_ratio
@@ -121,7 +121,7 @@ def test_recommend_follows_a_confident_prediction_and_names_the_cost_otherwise(s
     first = "rtn" if x > 0 else "sparsegpt"
     assert rec.order[0].startswith(first) and rec.verdict == "confident: use this order"
     assert sorted(rec.rule_order) == sorted(rec.order)
-    unsure = PredictorFit(slope=1.0, intercept=0.0, sigma=100.0, points=10, source="test")
+    unsure = PredictorFit(slope=1.0, sigma=100.0, points=10, source="test")
     rec = api.recommend(study, steps, CURVE, prior=unsure, every=1)
     assert rec.verdict == "uncertain: run `pqorder search` (costs 2 evaluations)"
     three = ["sleb:blocks=1,keep_last=0", "magnitude:ratio=0.3", "rtn:bits=3,group=64"]

@@ -142,7 +142,13 @@ def test_recommend_interference_and_report(study, tmp_path):
     assert overall.hits[1] + overall.hits[2] == overall.points  # the constants are complements
     q_first_wins = sum(p.advantage_q_first > 0 for p in kept)
     assert overall.rate("quantize first") == (q_first_wins / len(kept) if kept else None)
-    assert overall.hits[0] == sum((p.advantage_q_first > 0) == (p.cer_gap > 0) for p in kept)
+    for p in sweep.points:  # P alone against Q alone, from the stored single runs
+        single = {
+            s: study.evaluate((parse_step(s),)).value
+            for s in (p.quant, f"{p.prune}:ratio={p.ratio}")
+        }
+        assert p.prune_stronger == (single[f"{p.prune}:ratio={p.ratio}"] > single[p.quant])
+    assert overall.hits[0] == sum((p.advantage_q_first > 0) == p.prune_stronger for p in kept)
     md = api.report(study, tmp_path / "report")
     text = md.read_text()
     for section in (

@@ -24,7 +24,8 @@ from pqorder.store import Direction, m_text, v1_direction
 from pqorder.study import Study
 from pqorder.tables import Table
 
-FORMAT = 2  # version of SweepResult.to_dict (1: no direction, derived CER gaps; read as well)
+# version of SweepResult.to_dict (2: no prune_stronger; 1: also no direction; read as well)
+FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class SweepPoint:
     cer_quant: float
     advantage_q_first: float | None  # A(Q→P)
     collapse: bool = False  # an order is in a collapse zone (see ``collapsed``)
+    prune_stronger: bool | None = None  # P alone scores worse than Q alone (None: a run failed)
 
     @property
     def cer_gap(self) -> float | None:
@@ -85,9 +87,9 @@ class SweepResult:
     @classmethod
     def from_dict(cls, raw: dict) -> SweepResult:
         """Read ``to_dict``'s form or format 1 (its direction is the one perplexity implied)."""
-        version = check_format("sweep result", raw.get("format", 1), (1, FORMAT))
+        version = check_format("sweep result", raw.get("format", 1), (1, 2, FORMAT))
         metric = raw.get("metric", "perplexity")  # format 1 written before metrics had names
-        direction = raw["direction"] if version == FORMAT else v1_direction(metric)
+        direction = raw["direction"] if version > 1 else v1_direction(metric)
         points = [
             SweepPoint(**{k: v for k, v in p.items() if k != "cer_gap"}) for p in raw["points"]
         ]
@@ -153,6 +155,8 @@ def run_sweep(
             p_run = study.evaluate((p,))
             cer_p = curve.cer(p_run.metric).value if p_run.ok else None
             for b, q in q_steps.items():
+                q_run = study.evaluate((q,))  # on the reference curve: a stored run
+                stronger = p_run.metric < q_run.metric if p_run.ok and q_run.ok else None
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
                 collapse = collapsed(pq, dense, collapse_factor) or collapsed(
@@ -171,6 +175,7 @@ def run_sweep(
                         c_q,
                         adv,
                         collapse,
+                        stronger,
                     )
                 )
                 bar.update()

@@ -3,13 +3,16 @@
 A point of a sweep measures both orders of one (pruning, quantization) pair; A(Q→P) > 0 means
 quantizing first was better. Three rules are scored on every usable point:
 
-- **weaker first** (the paper's hypothesis): the method with the lower compression-equivalent
-  ratio goes first, so it predicts Q→P when the CER gap C*_P − C_Q is positive;
+- **weaker first** (the paper's hypothesis): the weaker method goes first, so it predicts Q→P
+  when pruning alone hurts the metric more than quantization alone (which is the CER gap
+  C*_P − C_Q > 0 wherever both CERs exist: the reference curve maps M monotonically; points
+  stored before the singles were kept use the CER gap);
 - **prune first** and **quantize first**: the two constant rules a rule must beat to be worth
   anything.
 
-Usable points have both orders evaluated, a known, non-zero CER gap, A ≠ 0 and no collapse
-(the paper excludes collapse zones). Scores are given per pair family — the pruner against the
+Usable points have both orders evaluated, A ≠ 0, no collapse (the paper excludes collapse
+zones) and a known intensity order (both methods alone evaluated, or a non-zero CER gap); ρ is
+over those with a CER gap. Scores are given per pair family — the pruner against the
 quantizer's method and granularity (``sparsegpt × gptq g128``), since bit-width and ratio are
 what a family's sweep varies — and over all points, with Spearman ρ(A, CER gap).
 """
@@ -38,14 +41,14 @@ def usable(point: SweepPoint) -> bool:
     return (
         not point.collapse
         and point.advantage_q_first not in (None, 0.0)
-        and point.cer_gap not in (None, 0.0)
+        and (point.prune_stronger is not None or point.cer_gap not in (None, 0.0))
     )
 
 
 def predicts_quantize_first(rule: str, point: SweepPoint) -> bool:
     """Which order ``rule`` recommends at ``point``: True for Q→P."""
-    if rule == "weaker first":
-        return point.cer_gap > 0  # pruning is the stronger method: quantize first
+    if rule == "weaker first":  # pruning is the stronger method: quantize first
+        return point.cer_gap > 0 if point.prune_stronger is None else point.prune_stronger
     return rule == "quantize first"
 
 
@@ -55,7 +58,7 @@ class RuleScores:
 
     family: str
     points: int  # usable points
-    excluded: int  # collapse points and points without both orders or a CER gap
+    excluded: int  # collapse points and points without both orders or an intensity order
     hits: tuple[int, ...]  # per rule, in ``RULES`` order
     rho: float | None  # Spearman ρ(A, CER gap) over the usable points
 
@@ -70,7 +73,8 @@ def _score(family: str, points: Sequence[SweepPoint]) -> RuleScores:
         sum(predicts_quantize_first(rule, p) == (p.advantage_q_first > 0) for p in kept)
         for rule in RULES
     )
-    rho = spearman([p.cer_gap for p in kept], [p.advantage_q_first for p in kept])
+    gaps = [p for p in kept if p.cer_gap is not None]
+    rho = spearman([p.cer_gap for p in gaps], [p.advantage_q_first for p in gaps])
     return RuleScores(family, len(kept), len(points) - len(kept), hits, rho)
 
 

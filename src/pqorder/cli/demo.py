@@ -21,6 +21,7 @@ from pqorder.cli.analyses import (
 from pqorder.cli.app import DeviceOpt, DtypeOpt, NoCacheOpt, OffloadOpt, StoreOpt, app, console
 
 if TYPE_CHECKING:
+    from pqorder.analysis.recommend import Recommendation
     from pqorder.analysis.search import SearchResult
     from pqorder.analysis.sweep import SweepResult
     from pqorder.study import Study
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 class Plan:
     """One demo study: a method pair to order, then a pruning × bit-width sweep of both orders.
 
-    The sweeps use data-free methods so that the whole demo stays near 15 minutes on 2 cores.
+    Both are the paper's setting (a calibrated pruner against a quantizer), not Harma's
+    magnitude × min-max case; the sweep is kept to a few points so that the whole demo stays
+    near 15 minutes on 2 cores.
     """
 
     pair: tuple[str, str]
@@ -42,31 +45,31 @@ class Plan:
 
 LM_PLAN = Plan(
     ("sparsegpt:ratio=0.3", "gptq:bits=4,group=128,sym=true"),  # symmetric: exportable
-    "magnitude",
-    (0.1, 0.2, 0.3),
+    "sparsegpt",
+    (0.2, 0.4),
     "rtn:group=128",
-    (3, 4, 5),
+    (3, 4),
 )
 VISION_PLAN = Plan(
     ("sparsegpt:ratio=0.5", "gptq:bits=3,group=0"),
-    "magnitude",
+    "sparsegpt",
     (0.3, 0.4, 0.5),
     "rtn:group=0",
-    (2, 3, 4, 5),  # 2 bits extends the CER curve far enough to place 40–50% magnitude pruning
+    (2, 3, 4, 5),  # 2 bits extends the CER curve far enough to place 40–50% pruning
 )
 
 
 def _order_study(
     s: Study, plan: Plan, out: Path, label: str
-) -> tuple[SearchResult, SweepResult, Path]:
-    """Recommend and search the pair, sweep, interference, report: (search, sweep, report)."""
+) -> tuple[Recommendation, SearchResult, SweepResult, Path]:
+    """Recommend and search the pair, sweep, interference, report (their results, the report)."""
     from pqorder import api
 
     console.rule(f"{label}1. recommendation")
     rec = api.recommend(s, list(plan.pair))
     print_recommendation(rec)
     console.rule(f"{label}2. search: both orders")
-    res = api.search(s, list(plan.pair), rec.order)
+    res = api.search(s, list(plan.pair), rec.rule_order)
     print_search(res)
     console.rule(f"{label}3. sweep: order advantage vs. CER gap")
     sweep = api.sweep(s, [plan.pruner], plan.ratios, plan.quant, plan.bits, out / "sweep.png")
@@ -74,7 +77,7 @@ def _order_study(
     console.rule(f"{label}4. order-dependent units and interference")
     pairs = [(f"{plan.pruner}:ratio={r}", f"{plan.quant},bits=4") for r in plan.ratios]
     print_interference(api.interference(s, pairs))
-    return res, sweep, api.report(s, out)
+    return rec, res, sweep, api.report(s, out)
 
 
 def _export_best(s: Study, res: SearchResult, out: Path) -> None:
@@ -101,7 +104,9 @@ def _export_best(s: Study, res: SearchResult, out: Path) -> None:
     s.reset()
 
 
-def _summary(s: Study, plan: Plan, res: SearchResult, sweep: SweepResult, report: Path) -> None:
+def _summary(
+    s: Study, plan: Plan, rec: Recommendation, res: SearchResult, sweep: SweepResult, report: Path
+) -> None:
     from pqorder.analysis.recommend import weaker_first
     from pqorder.pipeline import parse_step
 
@@ -109,8 +114,10 @@ def _summary(s: Study, plan: Plan, res: SearchResult, sweep: SweepResult, report
     rho = sweep.rho.get("all")
     console.print(
         f"{s.lm.name}: weaker method {weaker}; PIH order "
-        f"{'was' if res.pih_was_best else 'was NOT'} the best of the searched orders; sweep "
-        f"Spearman ρ(A, CER gap) = {'-' if rho is None else f'{rho:.2f}'}; report {report}"
+        f"{'was' if res.pih_was_best else 'was NOT'} the best of the searched orders; "
+        f"recommended order {'was' if res.best == tuple(rec.order) else 'was NOT'} the best "
+        f"({rec.verdict}); sweep Spearman ρ(A, CER gap) = "
+        f"{'-' if rho is None else f'{rho:.2f}'}; report {report}"
     )
     console.print(f"  protocol: evaluation {s.protocol}; calibration {s.calibration}")
     if s.lm.caveat:
@@ -164,7 +171,7 @@ def demo(
         steps=LM_PLAN.pair,  # the heaviest methods of the demo
     )
     studies = [(s, LM_PLAN, *_order_study(s, LM_PLAN, out, ""))]
-    _export_best(s, studies[0][2], out)
+    _export_best(s, studies[0][3], out)
     if vision:
         v = api.open_study(
             vision,
