@@ -20,9 +20,10 @@ Prejudice, seed 0; perplexity on the first ``--max-tokens`` tokens of Emma in 51
 few hours on 2 CPU cores; the paper-protocol numbers need ``--calib-samples 128
 --calib-seqlen 2048`` and a GPU. Vision: 128 training images, seed 0.
 Predictor (``pqorder.analysis.predictor``): for every point whose methods both work unit by unit,
-the local errors of both orders on the units of every ``--every``-th block (kept in
-``--local`` so a rerun only computes new points), then the predictor's leave-one-family-out
-evaluation and its calibration, next to the three rules. ``--write-prior`` saves the fit on all
+the sweep computes the local errors of both orders on the units of every ``--every``-th block
+(one calibration pass per part, then the unit solves; recomputed on a rerun, unlike the stored
+runs), scored as the rule "local errors", then the predictor's leave-one-family-out evaluation
+and its calibration. ``--write-prior`` saves the fit on all
 points as the prior ``pqorder recommend`` ships with.
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
 """
@@ -78,10 +79,11 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         model, f"pih-{part}", protocol, calibration, args.store, progress=not args.quiet
     )
     points = []
-    evidence = []
     for quantizer in quantizers:
         start = time.perf_counter()
-        result = run_sweep(study, pruners, ratios, quantizer, bits, progress=not args.quiet)
+        result = run_sweep(
+            study, pruners, ratios, quantizer, bits, progress=not args.quiet, every=args.every
+        )
         points += result.points
         spend = study.spend
         print(
@@ -89,44 +91,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
             f"{time.perf_counter() - start:.0f} s (stored runs reused {spend.stored_hits})",
             flush=True,
         )
-    evidence = grid_evidence(study, part, points, args)
-    return points, evidence
-
-
-def grid_evidence(study, part: str, points: list, args: argparse.Namespace) -> list:
-    """PairEvidence of every usable point with unit-wise methods (local errors memoised)."""
-    from pqorder.analysis.local_errors import (
-        LocalOrderErrors,
-        is_local,
-        local_order_errors,
-        sample_units,
-    )
-    from pqorder.analysis.predictor import PairEvidence, drop_scale
-    from pqorder.analysis.validation import family_of, usable
-    from pqorder.pipeline import parse_step
-
-    memo = json.loads(args.local.read_text()) if args.local.is_file() else {}
-    samples = None
-    out = []
-    for point in points:
-        prune = parse_step(point.prune, {"ratio": point.ratio}).with_settings(ratio=point.ratio)
-        quant = parse_step(point.quant)
-        scale = drop_scale(study, prune, quant)
-        if not (usable(point) and is_local(prune) and is_local(quant) and scale):
-            continue
-        key = f"{part}|{prune.to_text()}|{quant.to_text()}|every={args.every}"
-        if key not in memo:
-            if samples is None:
-                study.materialize(())
-                samples = sample_units(study.lm, study.calibration_tokens(), args.every)
-                print(f"{part}: unit statistics in {samples.seconds:.1f} s", flush=True)
-            memo[key] = asdict(local_order_errors(samples, prune, quant))
-            tmp = args.local.with_suffix(".tmp")
-            tmp.write_text(json.dumps(memo))
-            tmp.replace(args.local)
-        local = LocalOrderErrors(**memo[key])
-        out.append(PairEvidence(family_of(point), local.log_ratio, scale, point.advantage_q_first))
-    return out
+    return points
 
 
 def plot(points: list, path: Path) -> None:
@@ -160,7 +125,6 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("pih-grid.png"))
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--every", type=int, default=5, help="local errors on every k-th block")
-    parser.add_argument("--local", type=Path, default=Path("pih-local.json"))
     parser.add_argument("--write-prior", action="store_true")
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -174,15 +138,14 @@ def main() -> None:
         fit,
         held_out_table,
         leave_one_family_out,
+        plot_predicted,
+        sweep_evidence,
     )
     from pqorder.analysis.validation import score_rules, scores_table
 
     start = time.perf_counter()
-    points, evidence = [], []
-    for part in parts:
-        part_points, part_evidence = run_part(part, args)
-        points += part_points
-        evidence += part_evidence
+    points = [p for part in parts for p in run_part(part, args)]
+    evidence = sweep_evidence(points)
     scores = score_rules(points)
     table = scores_table(scores)
     print(f"\n{table.title} (grid took {time.perf_counter() - start:.0f} s)\n")
@@ -191,9 +154,14 @@ def main() -> None:
     for t in (held_out_table(held_out), calibration_table(held_out)):
         print(f"\n{t.title}\n")
         print("\n".join(t.markdown()))
+    source = f"pih_grid {args.parts}"
+    if set(parts) - {"vision"}:
+        source += f" (LM calibration {args.calib_samples}x{args.calib_seqlen})"
+    fitted = fit(evidence, source)
+    print(f"fit on all {fitted.points} points: slope {fitted.slope:.4g}, σ {fitted.sigma:.4g}")
+    plot_predicted(evidence, fitted, args.plot.with_name(f"{args.plot.stem}-predicted.png"))
     if args.write_prior:
-        source = f"pih_grid parts {args.parts}, calib {args.calib_samples}x{args.calib_seqlen}"
-        print(f"prior: {fit(evidence, source).save(PRIOR)}")
+        print(f"prior: {fitted.save(PRIOR)}")
     args.json.write_text(
         json.dumps(
             {

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pqorder.analysis.pairs import PairGrid
+from pqorder.analysis.predictor import PredictorFit, plot_predicted, sweep_evidence
 from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.rotation_study import RotationStudy, plot_rotation
 from pqorder.analysis.search import SearchResult
@@ -77,13 +78,21 @@ def _search_blocks(res: SearchResult) -> list[Block]:
 def _sweep_blocks(sweep: SweepResult, folder: Path) -> list[Block]:
     image = plot_sweep(sweep, folder / "sweep.png")
     rho = ", ".join(f"{k}: {cell(v)}" for k, v in sweep.rho.items())
-    return [
+    blocks = [
         Block("h2", "Sweep: order advantage vs. CER gap"),
         Block("p", f"Spearman ρ between A(Q→P) and C*_P − C_Q — {rho}."),
         Block("image", image.name),
         Block("table", sweep.table()),
         Block("table", scores_table(score_rules(sweep.points))),
     ]
+    evidence = sweep_evidence(sweep.points)
+    if evidence and (prior := PredictorFit.load()) is not None:
+        scatter = plot_predicted(evidence, prior, folder / "sweep-predicted.png")
+        blocks += [
+            Block("p", f"Predicted against measured A(Q→P) (predictor fit: {prior.source})."),
+            Block("image", scatter.name),
+        ]
+    return blocks
 
 
 def _grid_blocks(grid: PairGrid) -> list[Block]:

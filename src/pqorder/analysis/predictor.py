@@ -29,11 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pqorder.analysis.intensity import drop_scale
 from pqorder.analysis.local_errors import LocalOrderErrors, UnitSamples, local_order_errors
-from pqorder.analysis.sweep import spearman
+from pqorder.analysis.sweep import SweepPoint, spearman
+from pqorder.analysis.validation import family_of, usable
 from pqorder.atomic import atomic_output
 from pqorder.errors import ConfigError
 from pqorder.methods.base import Method
+from pqorder.plotting import figure
 from pqorder.study import Study
 from pqorder.tables import Table
 
@@ -58,6 +61,15 @@ class PairEvidence:
     @property
     def relative(self) -> float | None:
         return None if self.advantage is None else self.advantage / self.scale
+
+
+def sweep_evidence(points: Sequence[SweepPoint]) -> list[PairEvidence]:
+    """The evidence of every usable sweep point that has local errors and a positive scale."""
+    return [
+        PairEvidence(family_of(p), p.local_log_ratio, p.scale, p.advantage_q_first)
+        for p in points
+        if usable(p) and p.local_log_ratio is not None and p.scale
+    ]
 
 
 @dataclass(frozen=True)
@@ -135,23 +147,13 @@ def predict(local: LocalOrderErrors, scale: float, prior: PredictorFit | None) -
     """A(Q→P) from the local errors and the drops of the methods alone (``scale``)."""
     x = local.log_ratio
     if prior is None or scale <= 0:
-        why = "no fit" if prior is None else "the methods alone do not change the metric"
+        why = "no fit" if prior is None else "the methods alone do not worsen the metric"
         return Prediction(None, None, None, None, x > 0, f"local errors ({why}: sign only)", local)
     r = prior.relative(x)
     half = Z90 * prior.sigma
     p = normal_cdf(r / prior.sigma)
-    return Prediction(
-        scale * r, scale * (r - half), scale * (r + half), p, r > 0, "local errors", local
-    )
-
-
-def drop_scale(study: Study, prune: Method, quant: Method) -> float | None:
-    """s = (M_dense − M_P) + (M_dense − M_Q) from the stored runs of each method alone (None
-    when one of them failed)."""
-    dense, p, q = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
-    if not (dense.ok and p.ok and q.ok):
-        return None
-    return 2 * dense.metric - p.metric - q.metric
+    basis = f"local errors (fit: {prior.source}, {prior.points} pairs)"
+    return Prediction(scale * r, scale * (r - half), scale * (r + half), p, r > 0, basis, local)
 
 
 def predict_pair(
@@ -243,3 +245,28 @@ def calibration_table(
         ("stated confidence", "points", "mean stated", "right"),
         tuple(rows),
     )
+
+
+def plot_predicted(points: Sequence[PairEvidence], prior: PredictorFit, path: Path) -> Path:
+    """Predicted against measured A(Q→P), one colour per pair family, with the 90 % band."""
+    with figure(path, (6.5, 5)) as ax:
+        for family in sorted({p.family for p in points}):
+            kept = [p for p in points if p.family == family and p.advantage is not None]
+            predicted = [p.scale * prior.relative(p.log_ratio) for p in kept]
+            ax.errorbar(
+                predicted,
+                [p.advantage for p in kept],
+                xerr=[Z90 * prior.sigma * p.scale for p in kept],
+                fmt="o",
+                ms=4,
+                lw=0.6,
+                label=family,
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel("predicted A(Q→P)  (90 % interval)")
+        ax.set_ylabel("measured A(Q→P)")
+        ax.set_title("predicted order right: top-right and bottom-left quadrants", fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return path

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pqorder.analysis.cer import quant_ratio
-from pqorder.analysis.intensity import CurveOptions, collapsed, reference_curve
+from pqorder.analysis.intensity import CurveOptions, collapsed, drop_scale, reference_curve
+from pqorder.analysis.local_errors import is_local, local_order_errors
 from pqorder.errors import ConfigError, check_format
 from pqorder.pipeline import parse_step
 from pqorder.plotting import figure
@@ -24,7 +25,7 @@ from pqorder.store import Direction, m_text, v1_direction
 from pqorder.study import Study
 from pqorder.tables import Table
 
-# version of SweepResult.to_dict (2: no prune_stronger; 1: also no direction; read as well)
+# version of SweepResult.to_dict (2: no singles or local errors; 1: also no direction; read too)
 FORMAT = 3
 
 
@@ -41,6 +42,8 @@ class SweepPoint:
     advantage_q_first: float | None  # A(Q→P)
     collapse: bool = False  # an order is in a collapse zone (see ``collapsed``)
     prune_stronger: bool | None = None  # P alone scores worse than Q alone (None: a run failed)
+    scale: float | None = None  # (M_dense − M_P) + (M_dense − M_Q), the predictor's scale
+    local_log_ratio: float | None = None  # log(e_P→Q / e_Q→P) (``local_errors``), unit methods
 
     @property
     def cer_gap(self) -> float | None:
@@ -125,12 +128,15 @@ def run_sweep(
     options: CurveOptions | None = None,
     progress: bool = True,
     collapse_factor: float = 3.0,
+    every: int | None = 5,
 ) -> SweepResult:
     """Both orders at every (pruner, ratio, bits); CER from the quantizer's own curve.
 
     Points where either order is in a collapse zone (perplexity above ``collapse_factor`` ×
     dense, accuracy below dense / ``collapse_factor``) are marked as collapse points (the
-    paper excludes collapse zones); ρ is given with and without them.
+    paper excludes collapse zones); ρ is given with and without them. Each point also holds
+    the predictor's evidence: the local errors of both orders on the units of every
+    ``every``-th block (None: not computed) when both methods work unit by unit.
     """
     if not pruners or not ratios or not bits:
         raise ConfigError("a sweep needs at least one pruner, one ratio and one bit-width")
@@ -157,6 +163,10 @@ def run_sweep(
             for b, q in q_steps.items():
                 q_run = study.evaluate((q,))  # on the reference curve: a stored run
                 stronger = p_run.metric < q_run.metric if p_run.ok and q_run.ok else None
+                scale = drop_scale(study, p, q)
+                local = None
+                if every is not None and is_local(p) and is_local(q):
+                    local = local_order_errors(study.unit_samples(every), p, q).log_ratio
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
                 collapse = collapsed(pq, dense, collapse_factor) or collapsed(
@@ -176,6 +186,8 @@ def run_sweep(
                         adv,
                         collapse,
                         stronger,
+                        scale,
+                        local,
                     )
                 )
                 bar.update()

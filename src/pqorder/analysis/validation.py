@@ -8,7 +8,10 @@ quantizing first was better. Three rules are scored on every usable point:
   C*_P − C_Q > 0 wherever both CERs exist: the reference curve maps M monotonically; points
   stored before the singles were kept use the CER gap);
 - **prune first** and **quantize first**: the two constant rules a rule must beat to be worth
-  anything.
+  anything;
+- **local errors** (the predictor's sign, ``pqorder.analysis.predictor``): quantize first when
+  quantizing first leaves the smaller unit-wise reconstruction error (log e_P→Q / e_Q→P > 0);
+  weaker first where the point has no local errors (a model-level method), as in ``recommend``.
 
 Usable points have both orders evaluated, A ≠ 0, no collapse (the paper excludes collapse
 zones) and a known intensity order (both methods alone evaluated, or a non-zero CER gap); ρ is
@@ -26,7 +29,7 @@ from pqorder.analysis.sweep import SweepPoint, spearman
 from pqorder.pipeline import parse_step
 from pqorder.tables import Table
 
-RULES = ("weaker first", "prune first", "quantize first")
+RULES = ("weaker first", "prune first", "quantize first", "local errors")
 
 
 def family_of(point: SweepPoint) -> str:
@@ -47,7 +50,9 @@ def usable(point: SweepPoint) -> bool:
 
 def predicts_quantize_first(rule: str, point: SweepPoint) -> bool:
     """Which order ``rule`` recommends at ``point``: True for Q→P."""
-    if rule == "weaker first":  # pruning is the stronger method: quantize first
+    if rule == "local errors" and point.local_log_ratio is not None:
+        return point.local_log_ratio > 0
+    if rule in ("weaker first", "local errors"):  # pruning is the stronger: quantize first
         return point.cer_gap > 0 if point.prune_stronger is None else point.prune_stronger
     return rule == "quantize first"
 
