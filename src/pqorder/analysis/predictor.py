@@ -68,7 +68,7 @@ def sweep_evidence(points: Sequence[SweepPoint]) -> list[PairEvidence]:
     return [
         PairEvidence(family_of(p), p.local_log_ratio, p.scale, p.advantage_q_first)
         for p in points
-        if usable(p) and p.local_log_ratio is not None and p.scale
+        if usable(p) and p.local_log_ratio is not None and (p.scale or 0.0) > 0
     ]
 
 
