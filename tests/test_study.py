@@ -91,6 +91,18 @@ def test_search_finds_the_true_best_and_reuses_prefixes(study, tiny, dense_tiny)
     assert result.spend.applied_steps == 3 + 6 + 6  # each distinct prefix once
     assert result.naive_steps == 18
     assert result.pih_was_best == (tuple(s.to_text() for s in steps) == result.best)
+    # The seeded beam against the exhaustive answer, on the same stored runs: it keeps the seed
+    # order, picks the best of what it evaluated, and misses the true best only when it dropped
+    # that order's prefix (it ranks partial orders by their own metric).
+    for width in (1, 3):
+        seeded = search_orders(study, steps, pih_order=texts, beam_width=width, strategy="beam")
+        evaluated = [order for order, _run in seeded.orders]
+        assert not seeded.exhaustive and tuple(s.to_text() for s in steps) in evaluated
+        assert len(evaluated) <= width + 1 and len(evaluated) < 6
+        assert seeded.best == min(evaluated, key=truth.get)
+        assert seeded.best == result.best or result.best[:2] not in {o[:2] for o in evaluated}
+    with pytest.raises(ConfigError, match="unknown search strategy"):
+        search_orders(study, steps, strategy="greedy")
 
 
 def test_bad_order_questions(study):

@@ -98,8 +98,9 @@ def search(
     steps: Sequence[str | Method],
     pih_order: Sequence[str] | None = None,
     beam_width: int = 3,
+    strategy: str = "auto",
 ) -> SearchResult:
-    result = search_orders(study, _steps(steps), pih_order, beam_width)
+    result = search_orders(study, _steps(steps), pih_order, beam_width, strategy)
     _save(study, "search", result.to_dict())
     return result
 

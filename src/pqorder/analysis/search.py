@@ -22,6 +22,7 @@ from pqorder.study import Spend, Study
 from pqorder.tables import Table
 
 EXHAUSTIVE_MAX = 4
+STRATEGIES = ("auto", "exhaustive", "beam")
 FORMAT = 2  # version of SearchResult.to_dict (1: values without their metric; read as well)
 
 
@@ -135,8 +136,18 @@ def search_orders(
     steps: Sequence[Method],
     pih_order: Sequence[str] | None = None,
     beam_width: int = 3,
+    strategy: str = "auto",
 ) -> SearchResult:
-    """Evaluate orders of ``steps``; ``pih_order`` (step texts) is the recommendation to check."""
+    """Evaluate orders of ``steps``; ``pih_order`` (step texts) is the recommendation to check.
+
+    ``strategy``: "exhaustive" (every order), "beam" (partial orders grown one method at a
+    time, the best ``beam_width`` kept plus the recommendation's prefix, which seeds it), or
+    "auto" (exhaustive up to ``EXHAUSTIVE_MAX`` methods).
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown search strategy {strategy!r} (use {', '.join(STRATEGIES)})")
+    if beam_width < 1:
+        raise ConfigError(f"beam width must be at least 1, got {beam_width}")
     if len(steps) < 2:
         raise ConfigError("an order search needs at least two methods")
     texts = [s.to_text() for s in steps]
@@ -149,7 +160,7 @@ def search_orders(
         raise ConfigError("the PIH order to check must be a permutation of the searched steps")
     pih = [by_text[t] for t in pih_order] if pih_order else list(steps)
     before = replace(study.spend)
-    exhaustive = len(steps) <= EXHAUSTIVE_MAX
+    exhaustive = strategy == "exhaustive" or (strategy == "auto" and len(steps) <= EXHAUSTIVE_MAX)
     if exhaustive:
         orders = list(itertools.permutations(steps))
         bar = tqdm(orders, desc="orders", disable=not study.progress, leave=False)

@@ -131,6 +131,9 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 def search(
     methods: MethodsArg,
     beam: Annotated[int, typer.Option(help="Beam width for more than 4 methods.")] = 3,
+    strategy: Annotated[
+        str, typer.Option(help="auto (every order up to 4 methods), exhaustive or beam.")
+    ] = "auto",
     protocol=None,
     calibration=None,
     study=None,
@@ -143,7 +146,7 @@ def search(
     from pqorder.analysis.recommend import weaker_first
 
     pih = [p.to_text() for p in weaker_first(s, steps)]
-    print_search(api.search(s, steps, pih, beam))
+    print_search(api.search(s, steps, pih, beam, strategy))
 
 
 @app.command()
