@@ -20,6 +20,7 @@ Prejudice, seed 0; perplexity on the first ``--max-tokens`` tokens of Emma in 51
 few hours on 2 CPU cores; the paper-protocol numbers need ``--calib-samples 128
 --calib-seqlen 2048`` and a GPU. Vision: 128 training images, seed 0.
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
+[--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README)
 """
 
 from __future__ import annotations
@@ -70,7 +71,15 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         protocol = PerplexityProtocol("austen:emma", 512, args.max_tokens, 4)
         calibration = CalibrationSpec("austen:pride", args.calib_samples, args.calib_seqlen, 0)
     study = api.open_study(
-        model, f"pih-{part}", protocol, calibration, args.store, progress=not args.quiet
+        model,
+        f"pih-{part}",
+        protocol,
+        calibration,
+        args.store,
+        progress=not args.quiet,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     points = []
     for quantizer in quantizers:
@@ -83,6 +92,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
             f"{time.perf_counter() - start:.0f} s (stored runs reused {spend.stored_hits})",
             flush=True,
         )
+    study.executor.close()  # the next part loads another model
     return points
 
 
@@ -116,6 +126,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("pih-grid.json"))
     parser.add_argument("--plot", type=Path, default=Path("pih-grid.png"))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--executor", choices=("local", "process", "ray"), default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]

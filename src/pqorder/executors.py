@@ -251,9 +251,13 @@ class _ProcessPool:
         self._context.set_forkserver_preload(PRELOAD)
         self._setup = setup
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-        for _ in range(workers):
-            self._workers.append(self._spawn())
-        self.pids = [self._ready(slot) for slot in range(workers)]
+        try:
+            for _ in range(workers):
+                self._workers.append(self._spawn())
+            self.pids = [self._ready(slot) for slot in range(workers)]
+        except BaseException:  # one worker failed: stop the others
+            self.close()
+            raise
 
     def _spawn(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         ours, theirs = self._context.Pipe()
@@ -332,19 +336,27 @@ class _RayPool:
                 where = f" at {address}" if address else ""
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise WorkerError(f"cannot start Ray{where}: {first}") from None
+        self._actors: list = []
+        self._pending: dict[object, int] = {}
+        try:
+            self._start(setup, workers)
+        except BaseException:  # one worker failed: stop the others (and Ray, if ours)
+            self.close()
+            raise
+
+    def _start(self, setup: WorkerSetup, workers: int) -> None:
         options: dict[str, object] = {"num_cpus": 1, "max_restarts": 0, "max_task_retries": 0}
         if setup.placement.device.type == "cuda":
-            gpus = ray.cluster_resources().get("GPU", 0)
+            gpus = self._ray.cluster_resources().get("GPU", 0)
             if not gpus:
                 raise WorkerError("the placement is CUDA but the Ray cluster has no GPU")
             options["num_gpus"] = min(1.0, gpus / workers)
             # Ray shows each actor its GPU as device 0
             placement = dataclasses.replace(setup.placement, device=torch.device("cuda"))
             setup = dataclasses.replace(setup, placement=placement)
-        self._setup, self._actor = setup, ray.remote(**options)(Worker)
+        self._setup, self._actor = setup, self._ray.remote(**options)(Worker)
         self._actors = [self._actor.remote(setup) for _ in range(workers)]
         self.pids = self._get([a.pid.remote() for a in self._actors])
-        self._pending: dict[object, int] = {}
 
     def _get(self, refs: list) -> list[int]:
         try:
