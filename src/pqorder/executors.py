@@ -86,7 +86,9 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError(f"--executor ray needs Ray: {RAY_EXTRA}") from None
+        ray = None
+    if getattr(ray, "remote", None) is None:  # absent, or a stray folder named ray (/tmp/ray)
+        raise ConfigError(f"--executor ray needs Ray: {RAY_EXTRA}")
     return ray
 
 
