@@ -26,6 +26,7 @@ runs), scored as the rule "local errors", then the predictor's leave-one-family-
 and its calibration. ``--write-prior`` saves the fit on all
 points as the prior ``pqorder recommend`` ships with.
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
+[--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README)
 """
 
 from __future__ import annotations
@@ -76,7 +77,15 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         protocol = PerplexityProtocol("austen:emma", 512, args.max_tokens, 4)
         calibration = CalibrationSpec("austen:pride", args.calib_samples, args.calib_seqlen, 0)
     study = api.open_study(
-        model, f"pih-{part}", protocol, calibration, args.store, progress=not args.quiet
+        model,
+        f"pih-{part}",
+        protocol,
+        calibration,
+        args.store,
+        progress=not args.quiet,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     points = []
     for quantizer in quantizers:
@@ -91,6 +100,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
             f"{time.perf_counter() - start:.0f} s (stored runs reused {spend.stored_hits})",
             flush=True,
         )
+    study.executor.close()  # the next part loads another model
     return points
 
 
@@ -126,6 +136,9 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--every", type=int, default=5, help="local errors on every k-th block")
     parser.add_argument("--write-prior", action="store_true")
+    parser.add_argument("--executor", choices=("local", "process", "ray"), default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]

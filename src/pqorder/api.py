@@ -30,6 +30,7 @@ from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError
 from pqorder.eval import Evaluator
 from pqorder.eval.select import calibration_for, protocol_for
+from pqorder.executors import Executor, executor_spec
 from pqorder.hardware import Placement
 from pqorder.methods.base import Method
 from pqorder.models.loading import load_model
@@ -52,6 +53,9 @@ def open_study(
     progress: bool = True,
     placement: Placement | None = None,
     steps: Sequence[str | Method] = (),
+    executor: str | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> Study:
     """Load ``model`` and open a study that stores runs (default store) and reuses prefixes.
 
@@ -60,8 +64,11 @@ def open_study(
     ``placement`` (``pqorder.hardware.resolve_hardware("cuda", "bfloat16")``) says where the
     model runs and in what dtype (default: CPU, float32). ``steps``, the methods the study
     will apply, when given: a study whose memory plan does not fit this machine is refused
-    (``pqorder.plan.check_run``) before the model is loaded.
+    (``pqorder.plan.check_run``) before the model is loaded. ``executor`` (local, process,
+    ray; default process for several ``workers``, else local) says where the study's jobs
+    run; ``ray_address`` joins an existing Ray cluster instead of starting a local instance.
     """
+    spec = executor_spec(executor, workers, ray_address)
     protocol = protocol or protocol_for(model)
     protocol.validate()
     calibration = calibration or calibration_for(model)
@@ -73,7 +80,9 @@ def open_study(
     if steps:
         check_run(model, _steps(steps), placement or Placement(), calibration, protocol)
     lm = load_model(model, placement)
-    return Study(lm, protocol, calibration, store, cache or None, name, sequential, progress)
+    return Study(
+        lm, protocol, calibration, store, cache or None, name, sequential, progress, Executor(spec)
+    )
 
 
 def _steps(steps: Sequence[str | Method]) -> list[Method]:

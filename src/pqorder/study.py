@@ -6,6 +6,10 @@ prefix it can get (the model as it stands, or the prefix cache), applies the rem
 steps, evaluates, and writes the run to the store as soon as it finishes. The dense model it
 returns to (and stores cached prefixes against) is a ``DenseReference``: read back from the
 model's files where they still hold it, else held in memory.
+
+With a ``process`` or ``ray`` executor, an analysis first hands the study every order it is
+about to read (``prefetch``): workers compute the missing ones, the driver stores each run as
+it returns, and the analysis's own ``evaluate`` calls then find them.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import functools
 import math
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, astuple, dataclass
 
+import torch
 from torch import Tensor
 
 from pqorder.analysis.local_errors import UnitSamples, sample_units
@@ -28,6 +33,7 @@ from pqorder.engine import StepRecord, apply_step, check_pipeline, needs
 from pqorder.errors import OrderError, PqorderError, WriteError
 from pqorder.eval import Evaluator, evaluation_details, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
+from pqorder.executors import Executor, Job, Outcome, WorkerSetup, fingerprint
 from pqorder.hardware import CPU_FLOAT32
 from pqorder.methods.base import Method
 from pqorder.models.adapter import weight_matrix
@@ -48,6 +54,9 @@ class Spend:
     def since(self, before: Spend) -> Spend:
         return Spend(*(a - b for a, b in zip(astuple(self), astuple(before), strict=True)))
 
+    def plus(self, other: Spend) -> Spend:
+        return Spend(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
 
 class Study:
     def __init__(
@@ -60,6 +69,7 @@ class Study:
         name: str = "study",
         sequential: bool = False,
         progress: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.lm, self.protocol, self.store, self.cache = lm, protocol, store, cache
         self.calibration = calibration or calibration_for(lm.name)
@@ -71,6 +81,10 @@ class Study:
         self._tokens: Tensor | None = None
         self._samples: dict[int, UnitSamples] = {}
         self.spend = Spend()
+        self.executor = executor or Executor()
+        self._protocols = [protocol]  # every protocol prepared on the dense model
+        self._fetched: dict[str, Run] = {}  # runs the executor's workers made for this study
+        self._fingerprint = fingerprint(lm.model)
 
     # -- keys ---------------------------------------------------------------------------
     def _prefix_key(self, steps: Sequence[Method]) -> str:
@@ -99,6 +113,8 @@ class Study:
         a protocol may take its reference from the model it is prepared on)."""
         self.reset()
         protocol.prepare(self.lm)
+        if protocol not in self._protocols:
+            self._protocols.append(protocol)
 
     def evaluate(self, steps: Sequence[Method], protocol: Evaluator | None = None) -> Run:
         """The stored run of this order, or a new one (applied, evaluated, stored); under the
@@ -107,6 +123,8 @@ class Study:
         steps = tuple(steps)
         protocol = protocol or self.protocol
         key = self.run_key(steps, protocol)
+        if (run := self._fetched.get(key)) is not None:
+            return run
         if self.store is not None and (run := self.store.get(key)) is not None:
             self.spend.stored_hits += 1
             return run
@@ -149,6 +167,48 @@ class Study:
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
         return self.store.put(run) if self.store is not None else run
+
+    def prefetch(
+        self, orders: Iterable[Sequence[Method]], protocols: Sequence[Evaluator] = ()
+    ) -> None:
+        """Have the executor's workers evaluate the orders an analysis is about to read (under
+        the study's protocol, or each of ``protocols``, prepared with ``add_protocol``), so its
+        ``evaluate`` calls find them; stored runs are not redone. The local executor does
+        nothing here: the analysis evaluates each order when it asks for it."""
+        if self.executor.kind == "local":
+            return
+        wanted = [self._protocols.index(p) for p in protocols or (self.protocol,)]
+        jobs = []
+        for steps in dict.fromkeys(tuple(order) for order in orders):
+            missing = tuple(i for i in wanted if not self._known(steps, self._protocols[i]))
+            if missing:
+                jobs.append(Job(steps, missing))
+        if jobs:
+            self.executor.run(self._worker_setup(), jobs, self._record, self.progress)
+
+    def _known(self, steps: tuple[Method, ...], protocol: Evaluator) -> bool:
+        key = self.run_key(steps, protocol)
+        return key in self._fetched or (self.store is not None and self.store.get(key) is not None)
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        """Store the runs of a job a worker finished (the driver is the store's one writer)."""
+        for raw in outcome.runs:
+            run = dataclasses.replace(Run.from_dict(raw), executor=self.executor.kind)
+            self._fetched[run.key] = self.store.put(run) if self.store is not None else run
+        self.spend = self.spend.plus(Spend(**outcome.spend))
+
+    def _worker_setup(self) -> WorkerSetup:
+        return WorkerSetup(
+            model=self.lm.name,
+            placement=self.lm.placement,
+            protocols=tuple((type(p), protocol_dict(p)) for p in self._protocols),
+            calibration=self.calibration,
+            sequential=self.sequential,
+            name=self.name,
+            cache=(self.cache.root, self.cache.max_bytes / 2**30) if self.cache else None,
+            fingerprint=self._fingerprint,
+            threads=max(1, torch.get_num_threads() // self.executor.spec.workers),
+        )
 
     def calibration_tokens(self) -> Tensor:
         """The study's calibration samples (drawn once, shared by every calibrated step)."""

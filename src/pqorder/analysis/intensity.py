@@ -113,12 +113,9 @@ def reference_curve(study: Study, options: CurveOptions) -> ReferenceCurve:
             f"--space logppl needs a perplexity protocol; this study measures "
             f"{study.protocol.name}: use --space metric"
         )
-    base = parse_step(options.quantizer, {"bits": options.bits[0]})
-    if base.family != "quantize":
-        raise ConfigError(f"the CER reference '{options.quantizer}' is not a quantization step")
     metrics = []
-    for bits in options.bits:
-        run = study.evaluate((base.with_settings(bits=bits),))
+    for bits, step in zip(options.bits, reference_steps(options), strict=True):
+        run = study.evaluate((step,))
         if not run.ok:
             raise ConfigError(f"reference point {bits} bits failed: {run.error}")
         metrics.append(run.metric)
@@ -129,6 +126,14 @@ def reference_curve(study: Study, options: CurveOptions) -> ReferenceCurve:
         options.reference_bits,
         options.space,
     )
+
+
+def reference_steps(options: CurveOptions) -> list[Method]:
+    """The reference quantizer at each of the curve's bit-widths."""
+    base = parse_step(options.quantizer, {"bits": options.bits[0]})
+    if base.family != "quantize":
+        raise ConfigError(f"the CER reference '{options.quantizer}' is not a quantization step")
+    return [base.with_settings(bits=bits) for bits in options.bits]
 
 
 def _own_cer(step: Method, run: Run, curve: ReferenceCurve) -> CER:
@@ -145,6 +150,7 @@ def measure_intensity(
 ) -> IntensityReport:
     """Dense, every step alone, and the CER of each from the reference curve."""
     options = options or CurveOptions()
+    study.prefetch([(), *((s,) for s in [*reference_steps(options), *steps])])
     dense = study.dense_run()
     curve = reference_curve(study, options)
     methods = []

@@ -117,6 +117,9 @@ def pair_runs(
         if protocol is not study.protocol:
             study.add_protocol(protocol)
     runs: list[PairRuns] = [{} for _ in protocols]
+    singles = [(s,) for s in (*prune_steps, *quant_steps)]
+    both = [o for p in prune_steps for q in quant_steps for o in ((p, q), (q, p))]
+    study.prefetch([(), *singles, *both], protocols)
 
     def evaluate(steps: tuple[Method, ...]) -> None:
         for i, protocol in enumerate(protocols):

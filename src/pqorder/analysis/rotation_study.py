@@ -87,6 +87,7 @@ def run_rotation_study(
     steps = {(p, r): templates[p].with_settings(ratio=r) for p, r in grid}
     for step in steps.values():  # every setting is valid before any work
         study.check((rotate, step))
+    study.prefetch([(), (rotate,), *(o for s in steps.values() for o in ((s,), (rotate, s)))])
     points = []
     for p, r in tqdm(grid, desc="rotation study", disable=not progress):
         plain = study.evaluate((steps[p, r],))

@@ -122,6 +122,7 @@ def _beam(study: Study, steps: Sequence[Method], pih: Sequence[Method], width: i
     beam: list[tuple[Method, ...]] = [()]
     for depth in range(1, len(steps) + 1):
         candidates = {(*partial, s) for partial in beam for s in steps if s not in partial}
+        study.prefetch(candidates)
         scored = sorted(candidates, key=lambda c: _rank_key((c, study.evaluate(c))))
         keep = scored[:width]
         seed = tuple(pih[:depth])
@@ -163,6 +164,7 @@ def search_orders(
     exhaustive = strategy == "exhaustive" or (strategy == "auto" and len(steps) <= EXHAUSTIVE_MAX)
     if exhaustive:
         orders = list(itertools.permutations(steps))
+        study.prefetch(orders)
         bar = tqdm(orders, desc="orders", disable=not study.progress, leave=False)
         results = {tuple(s.to_text() for s in order): study.evaluate(order) for order in bar}
     else:

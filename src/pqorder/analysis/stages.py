@@ -238,6 +238,7 @@ def run_stages_study(
     for steps in (s for plan in plans.values() for _, s in plan):
         with suppress(OrderError):  # settings are checked now; an infeasible order is a failed run
             study.check(steps)
+    study.prefetch([(), (middle_step,), *(s for plan in plans.values() for _, s in plan)])
     dense = study.dense_run()
     alone = study.evaluate((middle_step,))
     points = []

@@ -16,7 +16,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pqorder.analysis.cer import quant_ratio
-from pqorder.analysis.intensity import CurveOptions, collapsed, drop_scale, reference_curve
+from pqorder.analysis.intensity import (
+    CurveOptions,
+    collapsed,
+    drop_scale,
+    reference_curve,
+    reference_steps,
+)
 from pqorder.analysis.local_errors import is_local, local_order_errors
 from pqorder.errors import ConfigError, check_format
 from pqorder.pipeline import parse_step
@@ -152,6 +158,11 @@ def run_sweep(
             prune_steps[(base_p.name, r)] = base_p.with_settings(ratio=r)
     q_steps = {b: base_q.with_settings(bits=b) for b in bits}
     options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
+    pairs = [(p, q) for p in prune_steps.values() for q in q_steps.values()]
+    study.prefetch(
+        [(), *((s,) for s in [*reference_steps(options), *prune_steps.values()])]
+        + [order for p, q in pairs for order in ((p, q), (q, p))]
+    )
     curve = reference_curve(study, options)
     dense = study.dense_run()
     points = []

@@ -108,6 +108,21 @@ OffloadOpt = Annotated[
         help="Keep the blocks in host memory and move one at a time to the device.",
     ),
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="Where jobs run: local (in this process, one at a time), process (a local process "
+        "pool) or ray (pip install 'pqorder[ray]'). Default: process with --workers > 1.",
+    ),
+]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Worker processes or Ray actors.")]
+RayAddressOpt = Annotated[
+    str,
+    typer.Option(
+        "--ray-address", help="An existing Ray cluster (host:port or auto); default: local Ray."
+    ),
+]
 PIPELINE_HELP = "Steps like 'rtn:bits=4,group=128 > magnitude:ratio=0.3', or a .yaml recipe."
 
 
@@ -161,11 +176,16 @@ _GROUPS = {
         ("study", StudyOpt, "default"),
         ("store", StoreOpt, None),
         ("no_cache", NoCacheOpt, False),
+        ("executor", ExecutorOpt, ""),
+        ("workers", WorkersOpt, 1),
+        ("ray_address", RayAddressOpt, ""),
     ],
 }
 
 
-def _open_study(model, name, protocol, calibration, store, no_cache, placement, steps=()):
+def _open_study(
+    model, name, protocol, calibration, store, no_cache, placement, steps=(), **executor
+):
     from pqorder import api
 
     return api.open_study(
@@ -177,6 +197,7 @@ def _open_study(model, name, protocol, calibration, store, no_cache, placement, 
         cache=not no_cache,
         placement=placement,
         steps=steps,
+        **executor,
     )
 
 
@@ -193,7 +214,8 @@ def with_options(*groups: str):
     with ``protocol=PerplexityProtocol(...)`` and ``calibration=CalibrationSpec(...)``,
     validated before any work starts. The "hardware" group adds ``--device --dtype
     --offload`` and passes ``placement`` (checked before any model is loaded). The "study"
-    group (after those) adds ``--model --study --store --no-cache`` and passes ``study``, a
+    group (after those) adds ``--model --study --store --no-cache --executor --workers
+    --ray-address`` and passes ``study``, a
     function that opens the Study: ``study(steps)`` refuses, before loading the model, a study
     of those methods whose memory plan does not fit this machine.
     """
@@ -255,6 +277,9 @@ def with_options(*groups: str):
                     raw["store"],
                     raw["no_cache"],
                     kwargs.pop("placement"),
+                    executor=raw["executor"] or None,
+                    workers=raw["workers"],
+                    ray_address=raw["ray_address"] or None,
                 )
             return fn(**kwargs)
 
