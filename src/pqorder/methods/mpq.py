@@ -186,7 +186,7 @@ def _score(ctx: StepContext, cfg: MPQConfig) -> _Scores:
     rtn = {b: RTN(QuantConfig(bits=b, group=cfg.group, sym=cfg.sym)) for b in cfg.widths}
     errors: dict[str, dict[int, float]] = {}
     kept: dict[str, Tensor] = {}
-    shared: dict[int, Tensor] = {}  # units reading one input share one XᵀX
+    last: tuple[Tensor | None, ...] = (None, None, None)  # H, XᵀX, its host copy: previous unit
     walk = calibrated_units(
         lm.model,
         compressible_units(lm.model),
@@ -198,12 +198,16 @@ def _score(ctx: StepContext, cfg: MPQConfig) -> _Scores:
     for name, module, stats in walk:
         w = get_weight(module).to(device)
         constraint = lm.state.get(name).to(device)
-        xtx = stats.hessian * (stats.n_tokens / 2)
+        # units reading one input come one after another and share one H: one XᵀX is kept
+        if stats.hessian is not last[0]:
+            xtx = stats.hessian * (stats.n_tokens / 2)
+            last = (stats.hessian, xtx, xtx.cpu() if cfg.errors else None)
+        xtx = last[1]
         errors[name] = {
             b: _error(q.compress_unit(w, constraint, None)[0], w, xtx) for b, q in rtn.items()
         }
         if cfg.errors:
-            kept[name] = shared.setdefault(id(stats.hessian), xtx.cpu())
+            kept[name] = last[2]
     return _Scores(errors, kept if cfg.errors else None, time.perf_counter() - start)
 
 
