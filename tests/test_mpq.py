@@ -197,14 +197,14 @@ def excerpt(tmp_path_factory) -> Path:
 def test_mpq_study_stores_reports_and_measures_no_interference_with_rtn(tiny, excerpt, tmp_path):
     study = Study(
         tiny,
-        PerplexityProtocol(f"file:{excerpt}", seqlen=128, max_tokens=256, batch_size=2),
-        CALIBRATION,
+        PerplexityProtocol(f"file:{excerpt}", seqlen=64, max_tokens=128, batch_size=2),
+        CalibrationSpec("austen:pride", n_samples=2, seqlen=32, seed=0),
         RunStore(tmp_path / "runs.sqlite"),
         None,
         name="t",
     )
     step = "mpq:set=2/3/4/8,quant=rtn,group=64"
-    result = api.mpq_study(study, step, (4, 3), tmp_path / "mpq.png")
+    result = api.mpq_study(study, step, (4, 3))
     study.reset()
     assert result.budgets == [3.0, 4.0] and len(result.runs) == 10
     assert [r.run for r in result.runs[:5]] == ["progressive", "regressive", "once", "high", "low"]
