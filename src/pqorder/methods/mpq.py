@@ -11,7 +11,8 @@ upgrade fits, so the average lands on ``avg`` or just below it (less than one up
 smallest unit). The scores are memoized in the model's runtime under a fingerprint of the
 unit weights, masks, calibration samples and grid settings: the runs of a study share one
 scoring walk (``details["score_seconds"]`` keeps its measured cost, ``score_reused`` says
-whether this step paid it).
+whether this step paid it). Only the latest scores are kept; with ``errors`` they hold one
+XᵀX per input group in host memory (about the size of the unit weights).
 
 Order. The units of one bit-width form a group. ``progressive`` quantizes the groups one
 walk each, highest width first; ``regressive`` lowest first; ``once`` quantizes every unit
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -168,14 +170,14 @@ def _fingerprint(ctx: StepContext, cfg: MPQConfig) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
 class _Scores:
     """Per-unit errors at every width (and the dense XᵀX, kept when per-unit errors are asked
     for), with the measured cost of the walk that produced them."""
 
-    def __init__(
-        self, errors: dict[str, dict[int, float]], xtx: dict[str, Tensor] | None, seconds: float
-    ) -> None:
-        self.errors, self.xtx, self.seconds = errors, xtx, seconds
+    errors: dict[str, dict[int, float]]
+    xtx: dict[str, Tensor] | None
+    seconds: float
 
 
 @torch.no_grad()
@@ -272,7 +274,7 @@ class MixedPrecision(ModelMethod):
         scores, reused = self._scores(ctx)
         bits = allocate(sizes, scores.errors, cfg.widths, cfg.avg)
         quantizers = {b: self.quantizer(b) for b in cfg.widths}
-        walker = _Allocated(self, bits, quantizers) if cfg.quant == "gptq" else None
+        walker = _Allocated(bits, quantizers) if cfg.quant == "gptq" else None
         walks, unit_error, touched = [], {}, []
         for names in self.passes(bits):
             before = {n: get_weight(units[n]).cpu().clone() for n in names} if cfg.errors else {}
@@ -313,10 +315,8 @@ class MixedPrecision(ModelMethod):
 class _Allocated(GPTQ):
     """GPTQ with each unit's own bit-width (the walk's statistics name the unit)."""
 
-    def __init__(
-        self, owner: MixedPrecision, bits: Mapping[str, int], quantizers: Mapping[int, RTN]
-    ) -> None:
-        super().__init__(quantizers[owner.config.widths[0]].config)
+    def __init__(self, bits: Mapping[str, int], quantizers: Mapping[int, RTN]) -> None:
+        super().__init__(next(iter(quantizers.values())).config)
         self.bits, self.quantizers = bits, quantizers
 
     def compress_unit(
