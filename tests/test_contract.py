@@ -255,6 +255,24 @@ def _quantized(lm: LoadedModel, step: Method, record: StepRecord, before: Before
     _assert_grid(lm, step.config.bits, step.config.group, step.config.sym)
 
 
+def _mixed(lm: LoadedModel, step: Method, record: StepRecord, before: Before) -> None:
+    """Every unit on a fresh grid of its allocated width (in the set), the average at most the
+    budget and no single upgrade left that would still fit it (the greedy's stopping rule)."""
+    cfg = step.config
+    allocation = record.details["allocation"]
+    units = compressible_units(lm.model)
+    assert set(allocation) == set(units) and set(allocation.values()) <= set(cfg.widths)
+    sizes = {name: get_weight(m).numel() for name, m in units.items()}
+    used, budget = sum(allocation[n] * sizes[n] for n in units), cfg.avg * sum(sizes.values())
+    assert used <= budget + 1e-6 and record.details["average_bits"] == used / sum(sizes.values())
+    for name, module in units.items():
+        grid, width = lm.state.get(name).grid, unit_shape(module)[1]
+        assert grid is not None and grid.bits == allocation[name], name
+        assert grid.group_size == (cfg.group if 0 < cfg.group <= width else width), name
+        higher = [b for b in cfg.widths if b > allocation[name]]
+        assert not higher or used + sizes[name] * (higher[0] - allocation[name]) > budget, name
+
+
 def _rotated(lm: LoadedModel, step: Method, record: StepRecord, before: Before) -> None:
     cfg = step.config
     rotation = Rotation(cfg.rotation, cfg.seed, cfg.online)
@@ -294,6 +312,7 @@ TARGETS: dict[str, Target] = {
     "sleb": _removed_blocks,
     "rtn": _quantized,
     "gptq": _quantized,
+    "mpq": _mixed,
     "rotate": _rotated,
     "quarot": _quarot,
     "actquant": _activations,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pqorder.analysis.intensity import CurveOptions
 from pqorder.analysis.metric_agreement import MetricAgreement, run_metric_agreement
+from pqorder.analysis.mpq import BUDGETS, STEP, MPQStudy, plot_mpq, run_mpq_study
 from pqorder.analysis.pairs import PairGrid
 from pqorder.analysis.pairs import pair_grid as _pair_grid
 from pqorder.analysis.predictor import PredictorFit
@@ -178,6 +179,22 @@ def stages_study(
     _save(study, "stages", result.to_dict())
     if plot is not None:
         plot_stages(result, Path(plot))
+    return result
+
+
+def mpq_study(
+    study: Study,
+    step: str = STEP,
+    budgets: Sequence[float] = BUDGETS,
+    plot: Path | str | None = None,
+) -> MPQStudy:
+    """Mixed precision as an order problem: ``step`` (an mpq template) at each average
+    budget, progressive, regressive and all at once, plus each half of the allocation alone
+    (the paper: high bits first wins, more so as compression grows); runs stored."""
+    result = run_mpq_study(study, step, budgets, study.progress)
+    _save(study, "mpq", result.to_dict())
+    if plot is not None:
+        plot_mpq(result, Path(plot))
     return result
 
 

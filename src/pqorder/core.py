@@ -8,10 +8,10 @@ the studies can all name these types without importing each other.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -86,7 +86,12 @@ class ModelOutcome:
     details: JSON = field(default_factory=dict)
 
 
-UnitRunner = Callable[["UnitMethod", str], ModelOutcome]
+class UnitRunner(Protocol):
+    """Runs a unit method over the units (those named in ``only``, when given)."""
+
+    def __call__(
+        self, method: UnitMethod, label: str, only: Collection[str] | None = None
+    ) -> ModelOutcome: ...
 
 
 @dataclass
@@ -94,7 +99,8 @@ class StepContext:
     """Everything one step runs with: the model, its calibration, and how to run.
 
     ``compress_units`` runs a unit method over every unit through the one engine walk (a
-    model-level step such as QuaRot uses it for its weight quantizer). Where the work runs and
+    model-level step such as QuaRot uses it for its weight quantizer); ``only=names`` restricts
+    it to those units (mixed precision quantizes one bit group per walk). Where the work runs and
     in what precision is ``lm.placement``.
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -67,9 +67,11 @@ def needs(steps: Sequence[Method]) -> Need:
 
 
 def _walk(
-    ctx: StepContext, method: UnitMethod, label: str
+    ctx: StepContext, method: UnitMethod, label: str, only: Collection[str] | None = None
 ) -> Iterator[tuple[str, nn.Module, UnitStats | None]]:
     units = compressible_units(ctx.lm.model)
+    if only is not None:
+        units = {name: module for name, module in units.items() if name in only}
     if method.needs < Need.STATISTICS:
         bar = tqdm(units.items(), desc=label, disable=not ctx.progress, leave=False)
         return ((name, module, None) for name, module in bar)
@@ -84,8 +86,11 @@ def _walk(
     )
 
 
-def _compress_units(ctx: StepContext, method: UnitMethod, label: str) -> ModelOutcome:
-    """Run a unit method over every unit, each within its existing constraint.
+def _compress_units(
+    ctx: StepContext, method: UnitMethod, label: str, only: Collection[str] | None = None
+) -> ModelOutcome:
+    """Run a unit method over every unit (or the units named in ``only``), each within its
+    existing constraint.
 
     The method sees the weight in float32 on the placement's device (its constraint moved
     there too); the result is written back in the model's dtype and the constraint is kept in
@@ -94,7 +99,7 @@ def _compress_units(ctx: StepContext, method: UnitMethod, label: str) -> ModelOu
     lm = ctx.lm
     device = lm.placement.device
     touched = []
-    for name, module, stats in _walk(ctx, method, label):
+    for name, module, stats in _walk(ctx, method, label, only):
         w = get_weight(module).to(device)
         w_new, constraint = method.compress_unit(w, lm.state.get(name).to(device), stats)
         if not torch.isfinite(w_new).all():
@@ -111,8 +116,10 @@ def step_context(
 ) -> StepContext:
     """The context a step runs in, with the engine's unit walk plugged in."""
 
-    def run_units(method: UnitMethod, label: str) -> ModelOutcome:
-        return _compress_units(ctx, method, label)
+    def run_units(
+        method: UnitMethod, label: str, only: Collection[str] | None = None
+    ) -> ModelOutcome:
+        return _compress_units(ctx, method, label, only)
 
     ctx = StepContext(lm, calibration, run_units, progress, sequential)
     return ctx

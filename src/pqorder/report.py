@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pqorder.analysis.mpq import MPQStudy, plot_mpq
 from pqorder.analysis.pairs import PairGrid
 from pqorder.analysis.predictor import PredictorFit, plot_predicted, sweep_evidence
 from pqorder.analysis.recommend import Recommendation
@@ -140,6 +141,26 @@ def _stages_blocks(result: StagesStudy, folder: Path) -> list[Block]:
     ]
 
 
+def _mpq_blocks(result: MPQStudy, folder: Path) -> list[Block]:
+    image = plot_mpq(result, folder / "mpq.png")
+    cost = "" if result.score_seconds is None else f" (scoring walk {result.score_seconds:.1f} s)"
+    return [
+        Block("h2", "Mixed precision as an order"),
+        Block(
+            "p",
+            f"Per-unit bit-widths from {result.step_label} at each average budget, allocated by "
+            f"Hessian-weighted RTN error{cost}; progressive quantizes the bit groups from high "
+            "to low, regressive from low to high, once all together. G = M(high half alone) − "
+            "M(low half alone). The paper finds that progressive wins, more so as compression "
+            f"grows, with no interference. Here: {result.summary()}.",
+        ),
+        Block("image", image.name),
+        Block("table", result.table()),
+        Block("table", result.interference_table()),
+        Block("table", result.runs_table()),
+    ]
+
+
 def _interference_blocks(items: list[InterferenceResult]) -> list[Block]:
     return [
         Block("h2", "Order-dependent units and interference"),
@@ -191,6 +212,8 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
         blocks += _rotation_blocks([RotationStudy.from_dict(i) for i in items], folder)
     if stages := _latest(analyses, "stages"):
         blocks += _stages_blocks(StagesStudy.from_dict(stages), folder)
+    if mpq := _latest(analyses, "mpq"):
+        blocks += _mpq_blocks(MPQStudy.from_dict(mpq), folder)
     failed = [r for r in runs if not r.ok]
     blocks += [
         Block("h2", f"All runs ({len(runs)}, {len(failed)} failed)"),

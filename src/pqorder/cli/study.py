@@ -13,6 +13,7 @@ from pqorder.tables import cell
 
 if TYPE_CHECKING:
     from pqorder.analysis.metric_agreement import MetricAgreement
+    from pqorder.analysis.mpq import MPQStudy
     from pqorder.analysis.rotation_study import RotationStudy
     from pqorder.analysis.stages import StagesStudy
 
@@ -126,3 +127,37 @@ def print_metric_agreement(result: MetricAgreement) -> None:
     console.print(
         "A(Q→P) = M(Q→P) − M(P→Q) per metric; ±95% from the runs' standard errors where known"
     )
+
+
+@study_app.command()
+@with_options("protocol", "calibration", "hardware", "study")
+def mpq(
+    step: Annotated[
+        str, typer.Option(help="The mpq step without avg/order (set, quant, group, sym).")
+    ] = "mpq:set=2/3/4/8,quant=gptq,group=128",
+    budgets: Annotated[str, typer.Option(help="Average bits per weight, one run set each.")] = (
+        "3,4,5"
+    ),
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("mpq.png"),
+    protocol=None,
+    calibration=None,
+    study=None,
+) -> None:
+    """Mixed precision as an order: per budget, bit groups quantized high to low
+    (progressive), low to high (regressive) and at once, plus each half alone."""
+    from pqorder import api
+    from pqorder.analysis.mpq import check_mpq
+
+    budget_values = _floats(budgets, "--budgets")
+    check_mpq(step, budget_values)  # bad input is refused before the model loads
+    result = api.mpq_study(study(), step, budget_values, plot)
+    print_mpq(result)
+    console.print(f"plot: {plot}")
+
+
+def print_mpq(result: MPQStudy) -> None:
+    """The mpq study's tables (the report's) and its one-line answer."""
+    console.print(result.table().rich())
+    console.print(result.interference_table().rich())
+    console.print(result.runs_table().rich())
+    console.print(result.summary())

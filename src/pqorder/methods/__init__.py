@@ -5,6 +5,7 @@ from pqorder.methods import (  # noqa: F401  (registration)
     filters,
     gptq,
     magnitude,
+    mpq,
     quarot,
     rotate,
     rtn,
