@@ -29,6 +29,7 @@ from pqorder.eval import Evaluator, evaluation_details, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
 from pqorder.hardware import CPU_FLOAT32
 from pqorder.methods.base import Method
+from pqorder.methods.lora import check_held_out
 from pqorder.models.adapter import weight_matrix
 from pqorder.pipeline import Pipeline
 from pqorder.prefix_cache import PrefixCache, content_key
@@ -172,6 +173,7 @@ class Study:
         lm = self.lm
         dense = dataclasses.replace(lm, state=self._dense.state)
         check_pipeline(dense, tuple(steps))
+        check_held_out(steps, self.protocol, self.calibration.source)
 
     def _materialize(self, steps: tuple[Method, ...]) -> None:
         """Make the model hold exactly ``steps`` applied to the dense model.

@@ -86,7 +86,9 @@ def compress(
     from pqorder.artifacts import save_compressed
     from pqorder.atomic import check_output
     from pqorder.cli.export import record_footprint
+    from pqorder.eval.select import calibration_for
     from pqorder.export import export_model, export_path, get_format
+    from pqorder.methods.lora import check_held_out
     from pqorder.models.loading import load_model
     from pqorder.pipeline import resolve_pipeline, run_pipeline
     from pqorder.plan import check_run
@@ -96,6 +98,8 @@ def compress(
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)
     check_run(model, pipe.steps, placement, calibration, protocol if evaluate else None)
+    if evaluate:
+        check_held_out(pipe.steps, protocol, (calibration or calibration_for(model)).source)
     lm = load_model(model, placement)
     if evaluate:
         protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing
