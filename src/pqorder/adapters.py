@@ -38,6 +38,11 @@ def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The unit itself, whether or not an unmerged adapter wraps it."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
 def _unwrap(model: nn.Module) -> None:
     """Put every wrapped unit back in its parent, its weight untouched (adapters dropped)."""
     for name, wrapper in adapter_layers(model).items():

@@ -27,7 +27,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from pqorder.adapters import set_adapters
+from pqorder.adapters import set_adapters, unwrapped
 from pqorder.core import LoadedModel, Runtime
 from pqorder.errors import PqorderError
 from pqorder.fakequant import fake_quant
@@ -185,7 +185,9 @@ def _install_hooks(
     for attn in attentions:
         attn.pqorder_attention = AttentionTransform(r, act) if needed else None
     for down in [b.get_submodule(arch.mlp_out) for b in blocks] if online else []:
-        h = PlacedMatrix(online_rotation(in_features(down), rotation.kind, rotation.seed))
+        h = PlacedMatrix(
+            online_rotation(in_features(unwrapped(down)), rotation.kind, rotation.seed)
+        )
         rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.like(x))))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():

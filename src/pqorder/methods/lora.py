@@ -45,7 +45,7 @@ from pqorder.adapters import adapter_layers, adapter_parameters, check_peft, del
 from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.data.sources import load_text, overlaps
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, PqorderError
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.models.adapter import compressible_units, get_weight, set_weight, weight_matrix
 from pqorder.state import Adapters
@@ -147,22 +147,31 @@ def _eval_loss(model: nn.Module, ids: Tensor) -> float:
 
 
 def _train(model: nn.Module, windows: Tensor, cfg: LoRAConfig, device, progress: bool) -> list:
-    """AdamW on the adapter factors only; the loss of every step."""
+    """AdamW on the adapter factors only (every other parameter frozen meanwhile, so no
+    gradient is computed for it); the loss of every step."""
     params = adapter_parameters(model)
+    ours = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in ours]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     order = _batches(len(windows), cfg.batch, cfg.seed)
     losses = []
-    with torch.enable_grad():
-        for _ in tqdm(range(cfg.steps), desc="lora", disable=not progress, leave=False):
-            loss = _loss(model, windows[next(order)].to(device))
-            if not torch.isfinite(loss):
-                raise ConfigError(f"lora: the training loss became {loss.item()}; lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    for p in params:
-        p.grad = None
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for _ in tqdm(range(cfg.steps), desc="lora", disable=not progress, leave=False):
+                loss = _loss(model, windows[next(order)].to(device))
+                if not torch.isfinite(loss):
+                    raise PqorderError(f"lora: the training loss became {loss.item()}; lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        for p in params:
+            p.grad = None
     return losses
 
 
@@ -197,7 +206,7 @@ class LoRA(ModelMethod):
     granularities = "targeted units (low-rank update, masked and on the grid when merged)"
     summary = "LoRA recovery (PEFT): train adapters on text, merge within masks and grids"
     Config = LoRAConfig
-    example = "lora:rank=2,steps=2,seqlen=32,batch=2"
+    example = "lora:rank=2,steps=2,seqlen=16,batch=1"
     kinds = frozenset({"causal-lm"})  # the next-token loss
 
     @property
