@@ -183,3 +183,14 @@ def test_cli_refuses_training_on_the_evaluation_text():
     out = CliRunner().invoke(app, ["study", "lora", "--recover", "lora:data=austen:emma"])
     assert isinstance(out.exception, ConfigError)
     assert "overlaps the evaluation text austen:emma" in str(out.exception)
+
+
+def test_compress_refuses_unmerged_adapters_and_training_on_the_evaluation_text(tmp_path):
+    out = tmp_path / "out"
+    for pipeline, message in [
+        ("rtn:bits=4 > lora:merge=false", "keeps unmerged LoRA adapters"),
+        ("lora:data=austen:emma[0:0.9]", "overlaps the evaluation text"),
+    ]:
+        result = CliRunner().invoke(app, ["compress", "-p", pipeline, "-o", str(out)])
+        assert isinstance(result.exception, ConfigError) and message in str(result.exception)
+        assert not out.exists()

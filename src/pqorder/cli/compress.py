@@ -86,6 +86,7 @@ def compress(
     from pqorder.artifacts import save_compressed
     from pqorder.atomic import check_output
     from pqorder.cli.export import record_footprint
+    from pqorder.errors import ConfigError
     from pqorder.eval.select import calibration_for
     from pqorder.export import export_model, export_path, get_format
     from pqorder.methods.lora import check_held_out
@@ -94,12 +95,17 @@ def compress(
     from pqorder.plan import check_run
 
     pipe = resolve_pipeline(pipeline)
+    if unmerged := [s.label() for s in pipe.steps if s.last_only() is not None]:
+        raise ConfigError(
+            f"compress saves plain weights; {unmerged[0]} keeps unmerged LoRA adapters "
+            "(use merge=true, or keep the adapters in a Python session)"
+        )
+    if evaluate:
+        check_held_out(pipe.steps, protocol, (calibration or calibration_for(model)).source)
     check_output(out, overwrite)
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)
     check_run(model, pipe.steps, placement, calibration, protocol if evaluate else None)
-    if evaluate:
-        check_held_out(pipe.steps, protocol, (calibration or calibration_for(model)).source)
     lm = load_model(model, placement)
     if evaluate:
         protocol.prepare(lm)  # a dataset that does not fit the model fails before compressing
