@@ -146,7 +146,9 @@ def _eval_loss(model: nn.Module, ids: Tensor) -> float:
     return _loss(model, ids).item()
 
 
-def _train(model: nn.Module, windows: Tensor, cfg: LoRAConfig, device, progress: bool) -> list:
+def _train(
+    model: nn.Module, windows: Tensor, cfg: LoRAConfig, device: torch.device, progress: bool
+) -> list[float]:
     """AdamW on the adapter factors only (every other parameter frozen meanwhile, so no
     gradient is computed for it); the loss of every step."""
     params = adapter_parameters(model)
