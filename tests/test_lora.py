@@ -23,6 +23,7 @@ from pqorder.methods.lora import check_held_out
 from pqorder.models.adapter import compressible_units, get_weight, run_model
 from pqorder.pipeline import parse_step
 from pqorder.snapshot import restore_snapshot, take_snapshot
+from pqorder.state import CompressionState
 from pqorder.store import RunStore
 from pqorder.study import Study
 
@@ -79,7 +80,7 @@ def test_same_seed_same_weights_bit_for_bit(tiny, tiny_calibration, dense_tiny):
     assert other.details["loss_curve"] != first.details["loss_curve"]
 
 
-def test_unmerged_adapters_stay_last_and_restore(tiny, tiny_calibration, dense_tiny):
+def test_unmerged_adapters_stay_last_and_restore(tiny, tiny_calibration, dense_tiny, tmp_path):
     ids = tiny_calibration[:1, :32]
     dense_out = run_model(tiny.model, ids).logits
     apply_step(tiny, parse_step("rtn:bits=4,group=64"), progress=False)
@@ -91,6 +92,8 @@ def test_unmerged_adapters_stay_last_and_restore(tiny, tiny_calibration, dense_t
     assert list(compressible_units(tiny.model)) == list(on_grid)  # units keep their names
     assert all(torch.equal(w, on_grid[n]) for n, w in _weights(tiny).items())  # base untouched
     adapted = run_model(tiny.model, ids).logits
+    tiny.state.save(tmp_path / "state.safetensors")  # the adapters are part of the saved state
+    assert CompressionState.load(tmp_path / "state.safetensors").model == tiny.state.model
     with pytest.raises(OrderError, match="unmerged LoRA adapters"):
         apply_step(tiny, parse_step("magnitude:ratio=0.3"), progress=False)
     snap = take_snapshot(tiny)
