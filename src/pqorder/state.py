@@ -84,6 +84,16 @@ class ActivationQuant:
     sym: bool = True  # unit inputs: symmetric, or asymmetric min-max (post-ReLU inputs)
 
 
+@dataclass(frozen=True)
+class Adapters:
+    """Unmerged LoRA adapters (PEFT layers around ``units``; their factors are model tensors)."""
+
+    rank: int
+    alpha: float
+    units: tuple[str, ...]  # full unit names the adapters wrap
+    seed: int  # initialization of fresh factors (training, or before a restore loads them)
+
+
 @dataclass
 class ModelTransforms:
     """What model-level steps changed: blocks removed (original indices), rotation, fake quant."""
@@ -92,6 +102,7 @@ class ModelTransforms:
     removed_blocks: list[int] = field(default_factory=list)
     rotation: Rotation | None = None
     activations: ActivationQuant | None = None
+    adapters: Adapters | None = None  # unmerged LoRA adapters (a lora step with merge=false)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -100,10 +111,12 @@ class ModelTransforms:
     def from_json(cls, text: str) -> ModelTransforms:
         raw = json.loads(text)
         rot, act = raw.pop("rotation"), raw.pop("activations")
+        ada = raw.pop("adapters", None)  # states saved before adapters existed have none
         return cls(
             **raw,
             rotation=Rotation(**rot) if rot else None,
             activations=ActivationQuant(**act) if act else None,
+            adapters=Adapters(**{**ada, "units": tuple(ada["units"])}) if ada else None,
         )
 
 

@@ -36,6 +36,7 @@ from pqorder.eval.select import calibration_for, sample_for
 from pqorder.executors import Executor, Job, Outcome, WorkerSetup, fingerprint
 from pqorder.hardware import CPU_FLOAT32
 from pqorder.methods.base import Method
+from pqorder.methods.lora import check_held_out
 from pqorder.models.adapter import weight_matrix
 from pqorder.pipeline import Pipeline
 from pqorder.prefix_cache import PrefixCache, content_key
@@ -243,6 +244,7 @@ class Study:
         lm = self.lm
         dense = dataclasses.replace(lm, state=self._dense.state)
         check_pipeline(dense, tuple(steps))
+        check_held_out(steps, self.protocol, self.calibration.source)
 
     def _materialize(self, steps: tuple[Method, ...]) -> None:
         """Make the model hold exactly ``steps`` applied to the dense model.

@@ -9,7 +9,10 @@ Forward-pass transforms (they cannot be fused into weights):
 - online Hadamard on the MLP down-projection input (its weight holds the inverse);
 - on queries and keys after RoPE (attention scores are unchanged), so the K cache is rotated;
 - fake quantization of every unit's input per token, and of K/V per token and head where
-  attention reads them (equivalent to a quantized KV cache for evaluation).
+  attention reads them (equivalent to a quantized KV cache for evaluation);
+- unmerged LoRA adapters (``pqorder.adapters``): PEFT layers around their units, installed
+  before the hooks, so the online Hadamard of a down-projection (on the wrapper) reaches both
+  the unit and its adapter.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from pqorder.adapters import set_adapters, unwrapped
 from pqorder.core import LoadedModel, Runtime
 from pqorder.errors import PqorderError
 from pqorder.fakequant import fake_quant
@@ -181,7 +185,9 @@ def _install_hooks(
     for attn in attentions:
         attn.pqorder_attention = AttentionTransform(r, act) if needed else None
     for down in [b.get_submodule(arch.mlp_out) for b in blocks] if online else []:
-        h = PlacedMatrix(online_rotation(in_features(down), rotation.kind, rotation.seed))
+        h = PlacedMatrix(
+            online_rotation(in_features(unwrapped(down)), rotation.kind, rotation.seed)
+        )
         rt.handles.append(down.register_forward_pre_hook(_pre_hook(lambda x, h=h: x @ h.like(x))))
     if act is not None and act.bits is not None:
         for unit in compressible_units(model).values():
@@ -203,4 +209,5 @@ def sync(lm: LoadedModel) -> None:
     transforms = lm.state.model
     _set_blocks(lm, rt, transforms.removed_blocks)
     _set_tied(lm, rt, untie=transforms.rotation is not None)
+    set_adapters(lm.model, transforms.adapters)
     _install_hooks(lm, rt, transforms.rotation, transforms.activations)

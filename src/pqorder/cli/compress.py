@@ -86,12 +86,22 @@ def compress(
     from pqorder.artifacts import save_compressed
     from pqorder.atomic import check_output
     from pqorder.cli.export import record_footprint
+    from pqorder.errors import ConfigError
+    from pqorder.eval.select import calibration_for
     from pqorder.export import export_model, export_path, get_format
+    from pqorder.methods.lora import LoRA, check_held_out
     from pqorder.models.loading import load_model
     from pqorder.pipeline import resolve_pipeline, run_pipeline
     from pqorder.plan import check_run
 
     pipe = resolve_pipeline(pipeline)
+    if unmerged := [s.label() for s in pipe.steps if s.last_only() is not None]:
+        raise ConfigError(
+            f"compress saves plain weights; {unmerged[0]} keeps unmerged LoRA adapters "
+            "(use merge=true, or keep the adapters in a Python session)"
+        )
+    if evaluate and any(isinstance(s, LoRA) for s in pipe.steps):
+        check_held_out(pipe.steps, protocol, (calibration or calibration_for(model)).source)
     check_output(out, overwrite)
     if export is not None:
         check_output(export_path(out, get_format(export)), overwrite)

@@ -12,6 +12,7 @@ from pqorder.cli.app import app, console, with_options
 from pqorder.tables import cell
 
 if TYPE_CHECKING:
+    from pqorder.analysis.lora_study import LoraStudy
     from pqorder.analysis.metric_agreement import MetricAgreement
     from pqorder.analysis.mpq import MPQStudy
     from pqorder.analysis.rotation_study import RotationStudy
@@ -160,4 +161,40 @@ def print_mpq(result: MPQStudy) -> None:
     console.print(result.table().rich())
     console.print(result.interference_table().rich())
     console.print(result.runs_table().rich())
+
+
+@study_app.command()
+@with_options("protocol", "calibration", "hardware", "study")
+def lora(
+    prune: Annotated[str, typer.Option(help="Pruner step without its ratio.")] = "sparsegpt",
+    ratios: Annotated[str, typer.Option(help="Pruning ratios (the intensity levels).")] = "0.3,0.5",
+    quant: Annotated[str, typer.Option(help="The quantization step.")] = "rtn:bits=4,group=128",
+    recover: Annotated[
+        str, typer.Option(help="The lora step (its merge setting applies when it is last).")
+    ] = "lora",
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("lora.png"),
+    protocol=None,
+    calibration=None,
+    study=None,
+) -> None:
+    """LoRA recovery placed last after both orders of a pruner and a quantizer, and between
+    them, at each pruning ratio: does the stronger method later still win after recovery?"""
+    from pqorder import api
+    from pqorder.analysis.lora_study import check_lora_study
+    from pqorder.methods.lora import check_held_out
+
+    ratio_values = _floats(ratios, "--ratios")
+    prunes, q, lora_step = check_lora_study(prune, ratio_values, quant, recover)  # before loading
+    check_held_out([lora_step], protocol, calibration.source)
+    result = api.lora_study(
+        study([*prunes, q, lora_step]), prune, ratio_values, quant, recover, plot
+    )
+    print_lora(result)
+    console.print(f"plot: {plot}")
+
+
+def print_lora(result: LoraStudy) -> None:
+    """The lora study's tables (the report's) and its one-line answer."""
+    console.print(result.table().rich())
+    console.print(result.advantage_table().rich())
     console.print(result.summary())

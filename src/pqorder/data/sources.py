@@ -150,3 +150,23 @@ def disjoint_specs(calib: str, evaluation: str) -> tuple[str, str]:
     if calib == evaluation and _SLICE.match(calib) is None:
         return f"{calib}[0:0.5]", f"{evaluation}[0.5:1]"
     return calib, evaluation
+
+
+def _span(spec: str) -> tuple[str, float, float]:
+    """(source name, start, end) of a spec: the fractions of its slice, or the whole text."""
+    match = _SLICE.match(spec)
+    if match is None:
+        name, a, b = spec, 0.0, 1.0
+    else:
+        name = match["name"]
+        a, b = _parse_fraction(match["a"], 0.0, spec), _parse_fraction(match["b"], 1.0, spec)
+    if name.startswith("file:"):
+        name = "file:" + str(Path(name.split(":", 1)[1]).expanduser().resolve())
+    return name, a, b
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two source specs share text: the same source with overlapping slices."""
+    name_a, start_a, end_a = _span(a)
+    name_b, start_b, end_b = _span(b)
+    return name_a == name_b and start_a < end_b and start_b < end_a

@@ -4,6 +4,7 @@ from pqorder.methods import (  # noqa: F401  (registration)
     actquant,
     filters,
     gptq,
+    lora,
     magnitude,
     mpq,
     quarot,

@@ -23,7 +23,7 @@ from pqorder.models.architecture import Capability
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
-Family = Literal["prune", "quantize", "rotate"]
+Family = Literal["prune", "quantize", "rotate", "recover"]
 Setting = bool | int | float | str  # what a step's text form can hold
 T = TypeVar("T")
 
@@ -108,6 +108,10 @@ class Method(ABC):
 
         ``lm.state`` is the state before the pipeline's first step.
         """
+
+    def last_only(self) -> str | None:
+        """Why no step may follow this one (None: any may); read by ``check_pipeline``."""
+        return None
 
     # -- the step value -------------------------------------------------------------------
     def settings(self) -> dict[str, Setting]:

@@ -42,14 +42,24 @@ def skipped_units(model: nn.Module) -> dict[str, str]:
     }
 
 
+def _in_adapter(name: str) -> bool:
+    """Whether a module is part of an unmerged LoRA adapter (PEFT's ``lora_A``, ``lora_B``)."""
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _unit_name(name: str) -> str:
+    """A unit wrapped by an unmerged LoRA adapter keeps its name (PEFT calls it ``base_layer``)."""
+    return name.removesuffix(".base_layer")
+
+
 def compressible_units(model: nn.Module) -> dict[str, nn.Module]:
     """Linear and Conv2d layers inside the blocks, by full module name (embeddings, stem and
     head excluded)."""
     path, blocks = decoder_blocks(model)
     units = {
-        f"{path}.{name}": module
+        f"{path}.{_unit_name(name)}": module
         for name, module in blocks.named_modules()
-        if name and _is_unit(module)
+        if name and _is_unit(module) and not _in_adapter(name)
     }
     if not units:
         raise ConfigError(
