@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pqorder.core import JSON, LoadedModel, ModelOutcome, Need, StepContext
-from pqorder.errors import ConfigError, PqorderError
+from pqorder.errors import ConfigError, OrderError, PqorderError
 from pqorder.hardware import CPU
 from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method, ModelMethod, UnitMethod
@@ -56,9 +56,23 @@ def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
             )
         for capability in sorted(step.capabilities):
             arch.check(capability, step.name)
+        check_factors(lm, step, steps[:i])
         step.check_composition(lm, list(steps[:i]))
         for name, module in units.items():
             step.check_unit(name, unit_shape(module))
+
+
+def check_factors(lm: LoadedModel, step: Method, earlier: Sequence[Method]) -> None:
+    """OrderError unless ``step`` can work on units an earlier step factored (share)."""
+    factored = [s.name for s in earlier if s.factors]
+    if lm.state.model.factoring is not None:
+        factored.insert(0, "the loaded model's shared factors")
+    if factored and not step.works_on_factors:
+        raise OrderError(
+            f"{step.name} cannot follow {', '.join(factored)}: the projections are now basis and "
+            f"coefficient factors, which {step.name} does not handle; run it before sharing "
+            "(pruning and quantization after sharing work on the factors)"
+        )
 
 
 def needs(steps: Sequence[Method]) -> Need:

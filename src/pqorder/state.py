@@ -84,14 +84,30 @@ class ActivationQuant:
     sym: bool = True  # unit inputs: symmetric, or asymmetric min-max (post-ReLU inputs)
 
 
+@dataclass(frozen=True)
+class Factoring:
+    """Linear units replaced by a basis and a coefficient factor (parameter sharing).
+
+    ``ranks`` holds the rank of every factored unit by its full module name (blocks as they are
+    after any removal); units whose block-relative name is in ``shared`` use one basis module
+    for each run of ``group`` adjacent blocks (0-1, 2-3, ...), the others have their own.
+    """
+
+    group: int
+    shared: list[str]
+    ranks: dict[str, int]
+
+
 @dataclass
 class ModelTransforms:
-    """What model-level steps changed: blocks removed (original indices), rotation, fake quant."""
+    """What model-level steps changed: blocks removed (original indices), rotation, fake quant,
+    units factored into shared bases and per-layer coefficients."""
 
     n_blocks: int | None = None  # block count of the model before any removal
     removed_blocks: list[int] = field(default_factory=list)
     rotation: Rotation | None = None
     activations: ActivationQuant | None = None
+    factoring: Factoring | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -100,10 +116,12 @@ class ModelTransforms:
     def from_json(cls, text: str) -> ModelTransforms:
         raw = json.loads(text)
         rot, act = raw.pop("rotation"), raw.pop("activations")
+        factoring = raw.pop("factoring", None)  # absent in states saved before sharing existed
         return cls(
             **raw,
             rotation=Rotation(**rot) if rot else None,
             activations=ActivationQuant(**act) if act else None,
+            factoring=Factoring(**factoring) if factoring else None,
         )
 
 

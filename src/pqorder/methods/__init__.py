@@ -8,6 +8,7 @@ from pqorder.methods import (  # noqa: F401  (registration)
     quarot,
     rotate,
     rtn,
+    share,
     sleb,
     sparsegpt,
     structured,
