@@ -105,6 +105,20 @@ def _whitener(hessian: Tensor, damp: float) -> Tensor:
     return torch.linalg.cholesky(h)
 
 
+def _top_singular(m: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``rank`` leading singular triplets (U_k, S_k, V_kᵀ) of ``m`` (float64), from the
+    eigendecomposition of the Gram of its shorter side (much faster than a full SVD here)."""
+    tall = m.shape[0] >= m.shape[1]
+    gram = m.t() @ m if tall else m @ m.t()
+    values, vectors = torch.linalg.eigh(gram)  # ascending
+    top = vectors[:, -rank:].flip(1)
+    s = values[-rank:].flip(0).clamp(min=0).sqrt()
+    safe = s.clamp(min=s[0].item() * 1e-12 if s[0] > 0 else 1e-30)
+    if tall:
+        return (m @ top) / safe, s, top.t()
+    return top, s, ((m.t() @ top) / safe).t()
+
+
 def shared_basis(
     weights: Sequence[Tensor], hessian: Tensor, rank: int, damp: float = 0.01
 ) -> tuple[Tensor, list[Tensor]]:
@@ -112,10 +126,10 @@ def shared_basis(
     whitened SVD of the stacked (out, in) ``weights`` under the input Gram ``hessian``."""
     stacked = torch.cat([w.double() for w in weights])
     lower = _whitener(hessian, damp)
-    u, s, vh = torch.linalg.svd(stacked @ lower, full_matrices=False)
-    root = s[:rank].sqrt()
-    basis = torch.linalg.solve_triangular(lower, vh[:rank], upper=False, left=False)
-    coef = u[:, :rank] * root
+    u, s, vh = _top_singular(stacked @ lower, rank)
+    root = s.sqrt()
+    basis = torch.linalg.solve_triangular(lower, vh, upper=False, left=False)
+    coef = u * root
     sizes = [w.shape[0] for w in weights]
     return (root[:, None] * basis).float(), [c.float() for c in coef.split(sizes)]
 
@@ -135,8 +149,8 @@ def refit_coefficients(w: Tensor, basis: Tensor, hessian: Tensor, damp: float = 
 def whitened_error(w: Tensor, approx: Tensor, hessian: Tensor) -> float:
     """‖X(W − Ŵ)ᵀ‖_F / ‖XWᵀ‖_F from the Gram H ∝ XᵀX: the relative output error on the
     calibration inputs (tr(D·H·Dᵀ) for D = W − Ŵ)."""
-    h, w = hessian.double(), w.double()
-    d = w - approx.double()
+    h, w = hessian.float(), w.float()
+    d = w - approx.float()
     energy = ((w @ h) * w).sum().clamp(min=1e-30)
     return math.sqrt(((d @ h) * d).sum().clamp(min=0).item() / energy.item())
 
