@@ -291,7 +291,8 @@ def _factored(lm: LoadedModel, step: Method, record: StepRecord, before: Before)
     factoring = lm.state.model.factoring
     _path, blocks = decoder_blocks(lm.model)
     assert factoring is not None and factoring.group == step.config.group
-    assert len(factoring.ranks) == 7 * len(blocks)
+    parts = sum(len(group) for group in architecture(lm.model).sequence)
+    assert len(factoring.ranks) == parts * len(blocks)
     for name, rank in factoring.ranks.items():
         unit = lm.model.get_submodule(name)
         assert isinstance(unit, FactoredLinear) and unit.rank == rank, name

@@ -53,7 +53,7 @@ from pqorder.layerwise import calibrated_units
 from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
 from pqorder.methods.sleb import SLEB
 from pqorder.models.adapter import decoder_blocks, get_weight
-from pqorder.models.architecture import Architecture, architecture
+from pqorder.models.architecture import Architecture, Capability, architecture
 from pqorder.state import Factoring
 from pqorder.stats import UnitStats
 from pqorder.transforms import runtime, sync
@@ -178,18 +178,16 @@ class Share(ModelMethod):
     def granularity(self) -> str:
         return "shared basis"
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({"share"})
+
     def groups(self, n_blocks: int) -> list[range]:
         g = self.config.group
         return [range(s, min(s + g, n_blocks)) for s in range(0, n_blocks, g)]
 
     def check_composition(self, lm: LoadedModel, earlier: Sequence[Method]) -> None:
-        arch = architecture(lm.model)
-        shared, own = _parts(arch)
-        if not arch.qkv or not arch.mlp_in or None in own:
-            raise ConfigError(
-                f"share needs a decoder with declared attention and MLP projections; "
-                f"{arch.family} has no declared layout (pqorder.models.architecture)"
-            )
+        shared, own = _parts(architecture(lm.model))  # declared: the capability is checked
         _, blocks = decoder_blocks(lm.model)
         n_original = len(runtime(lm).blocks)
         n = len(blocks) - sum(m.count(n_original) for m in earlier if isinstance(m, SLEB))
