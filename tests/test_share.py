@@ -201,3 +201,15 @@ def test_share_study_stores_both_orders_and_reports(tiny, excerpt, tmp_path):  #
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Parameter sharing and pruning" in md and "stronger later won in" in md
     assert (tmp_path / "report" / "share.png").stat().st_size > 0
+
+
+def test_study_share_cli_refuses_bad_ratios_before_loading():
+    from typer.testing import CliRunner
+
+    from pqorder.cli import app
+
+    args = ["study", "share", "-m", "/nonexistent/model", "--shares", "0.1,1.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0  # refused before the (missing) model is looked up
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception) == "ratios must lie in (0, 1), got 1.5"
