@@ -180,6 +180,7 @@ def test_share_study_stores_both_orders_and_reports(tiny, excerpt, tmp_path):  #
         progress=False,
     )
     result = api.share_study(study, "magnitude", [0.2], [0.3], "share:group=2")
+    assert study.spend.applied_steps == 4  # each order extends its first step alone
     study.reset()
     (pair,) = result.pairs
     values = (pair.share_alone, pair.prune_alone, pair.share_first, pair.prune_first)

@@ -171,15 +171,16 @@ def run_share_study(
     with tqdm(total=len(shares) * len(prunes), desc="share study", disable=not progress) as bar:
         for s in shares:
             for p in prunes:
-                runs = [
-                    study.evaluate(steps)
-                    for steps in (
-                        (s_steps[s],),
-                        (p_steps[p],),
-                        (s_steps[s], p_steps[p]),
-                        (p_steps[p], s_steps[s]),
-                    )
-                ]
+                # each order right after its first step alone: the model extends in place
+                share_alone, share_first = (
+                    study.evaluate((s_steps[s],)),
+                    study.evaluate((s_steps[s], p_steps[p])),
+                )
+                prune_alone, prune_first = (
+                    study.evaluate((p_steps[p],)),
+                    study.evaluate((p_steps[p], s_steps[s])),
+                )
+                runs = [share_alone, prune_alone, share_first, prune_first]
                 values = [r.value if r.ok else None for r in runs]
                 error = next((r.error for r in runs if not r.ok), None)
                 pairs.append(SharePair(s, p, *values, error=error))
