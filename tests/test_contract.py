@@ -24,6 +24,7 @@ from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.engine import StepRecord, apply_step, check_pipeline
 from pqorder.errors import ConfigError, OrderError
+from pqorder.factors import FactoredLinear
 from pqorder.methods import REGISTRY, Method
 from pqorder.methods.base import UnitMethod
 from pqorder.methods.quarot import PRESETS
@@ -317,6 +318,26 @@ def _recovered(lm: LoadedModel, step: Method, record: StepRecord, before: Before
     assert lm.state.model.adapters is None and not adapter_layers(lm.model)
 
 
+def _factored(lm: LoadedModel, step: Method, record: StepRecord, before: Before) -> None:
+    """Every projection is a basis/coefficient pair at the ratio's ranks, the q/k/v and gate/up
+    bases shared by the group, the old units' constraints gone, the factors unconstrained."""
+    factoring = lm.state.model.factoring
+    _path, blocks = decoder_blocks(lm.model)
+    assert factoring is not None and factoring.group == step.config.group
+    parts = sum(len(group) for group in architecture(lm.model).sequence)
+    assert len(factoring.ranks) == parts * len(blocks)
+    for name, rank in factoring.ranks.items():
+        unit = lm.model.get_submodule(name)
+        assert isinstance(unit, FactoredLinear) and unit.rank == rank, name
+        assert name not in lm.state.units, name
+    first, second = (b.get_submodule(architecture(lm.model).qkv[0]) for b in blocks[:2])
+    assert first.basis is second.basis
+    units = compressible_units(lm.model)
+    assert all(lm.state.get(n).mask is None and lm.state.get(n).grid is None for n in units)
+    assert record.units == len(units) and record.details["removed"] >= step.config.ratio
+    assert not any(m in before.units for m in units.values())  # every unit is new
+
+
 Target = Callable[[LoadedModel, Method, StepRecord, Before], None]
 TARGETS: dict[str, Target] = {
     "magnitude": _pruned_elements,
@@ -332,6 +353,7 @@ TARGETS: dict[str, Target] = {
     "quarot": _quarot,
     "actquant": _activations,
     "lora": _recovered,
+    "share": _factored,
 }
 
 
@@ -350,6 +372,8 @@ def _assert_kept(lm: LoadedModel, step: Method, before: Before) -> None:
     assert t0.activations is None or t1.activations is not None
     if step.rotates:
         assert all(c.mask is None and c.grid is None for _n, _w, c in before.units.values())
+        return
+    if step.factors:  # its units replace the old ones (checked by its target)
         return
     regrids = step.family == "quantize" and step.constrains_weights
     units = compressible_units(lm.model)
@@ -413,6 +437,8 @@ def _refusal(lm: LoadedModel, steps: Sequence[Method]) -> tuple[type[ConfigError
             return ConfigError, "|".join(filter(None, names))
         if not all(arch.supports(c) for c in step.capabilities):
             return ConfigError, f"{step.name} needs .*; {arch.family} "
+        if not step.works_on_factors and any(s.factors for s in steps[:i]):
+            return OrderError, f"{step.name} cannot follow share"
         if step.rotates:
             if any(s.rotates for s in steps[:i]):
                 return ConfigError, "already rotated"

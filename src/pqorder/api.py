@@ -26,6 +26,9 @@ from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.recommend import recommend as _recommend
 from pqorder.analysis.rotation_study import PRUNERS, RATIOS, RotationStudy, run_rotation_study
 from pqorder.analysis.search import SearchResult, search_orders
+from pqorder.analysis.share import PRUNER as SHARE_PRUNER
+from pqorder.analysis.share import PRUNES as SHARE_PRUNES
+from pqorder.analysis.share import SHARE, SHARES, ShareStudy, plot_share, run_share_study
 from pqorder.analysis.stages import FIRST, MIDDLE, TOTAL, StagesStudy, plot_stages, run_stages_study
 from pqorder.analysis.stages import PRUNERS as STAGE_PRUNERS
 from pqorder.analysis.sweep import SweepResult, plot_sweep, run_sweep
@@ -216,6 +219,23 @@ def lora_study(
     _save(study, "lora", result.to_dict())
     if plot is not None:
         plot_lora(result, Path(plot))
+    return result
+
+
+def share_study(
+    study: Study,
+    pruner: str = SHARE_PRUNER,
+    shares: Sequence[float] = SHARES,
+    prunes: Sequence[float] = SHARE_PRUNES,
+    share: str = SHARE,
+    plot: Path | str | None = None,
+) -> ShareStudy:
+    """Parameter sharing (Basis Sharing) × pruning in both orders at every pair of ratios, each
+    step alone for the intensity gap (the paper: the stronger method later wins); runs stored."""
+    result = run_share_study(study, pruner, shares, prunes, share, study.progress)
+    _save(study, "share", result.to_dict())
+    if plot is not None:
+        plot_share(result, Path(plot))
     return result
 
 

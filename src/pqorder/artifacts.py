@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import Tensor, nn
 
 from pqorder.atomic import atomic_output, check_output
 from pqorder.core import LoadedModel
 from pqorder.errors import ConfigError
+from pqorder.export.checkpoint import dense_tensors, write_checkpoint
 from pqorder.models.loading import VISION_FILE
 from pqorder.state import STATE_FILE
 
@@ -25,8 +27,22 @@ def _save_model(lm: LoadedModel, folder: Path) -> None:
         save_file(dict(lm.model.state_dict()), str(folder / "model.safetensors"))
         (folder / VISION_FILE).write_text(json.dumps({"arch": lm.model.arch}))
         return
+    if lm.state.model.factoring is not None:  # transformers refuses a basis shared by layers
+        write_checkpoint(folder, lm.model, lm.tokenizer, factored_tensors(lm.model))
+        return
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
+
+
+def factored_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """The model's tensors with each shared basis once, under its first block's name (loading
+    rebuilds the sharing from the composition state)."""
+    own = {name for name, _ in model.named_parameters()}
+    return {
+        k: v
+        for k, v in dense_tensors(model).items()
+        if ".basis." not in k or k in own  # named_parameters lists a shared tensor once
+    }
 
 
 def save_compressed(lm: LoadedModel, out: Path, record: dict[str, Any], overwrite: bool) -> Path:

@@ -56,6 +56,7 @@ def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
             )
         for capability in sorted(step.capabilities):
             arch.check(capability, step.name)
+        check_factors(lm, step, steps[:i])
         step.check_composition(lm, list(steps[:i]))
         if lm.state.model.adapters is not None:
             raise OrderError(
@@ -67,6 +68,19 @@ def check_pipeline(lm: LoadedModel, steps: Sequence[Method]) -> None:
                 raise OrderError(f"{step.name} cannot follow {earlier.label()}: {reason}")
         for name, module in units.items():
             step.check_unit(name, unit_shape(module))
+
+
+def check_factors(lm: LoadedModel, step: Method, earlier: Sequence[Method]) -> None:
+    """OrderError unless ``step`` can work on units an earlier step factored (share)."""
+    factored = [s.name for s in earlier if s.factors]
+    if lm.state.model.factoring is not None:
+        factored.insert(0, "the loaded model's shared factors")
+    if factored and not step.works_on_factors:
+        raise OrderError(
+            f"{step.name} cannot follow {', '.join(factored)}: the projections are now basis and "
+            f"coefficient factors, which {step.name} does not handle; run it before sharing "
+            "(pruning and quantization after sharing work on the factors)"
+        )
 
 
 def needs(steps: Sequence[Method]) -> Need:

@@ -18,6 +18,7 @@ from pqorder.analysis.predictor import PredictorFit, plot_predicted, sweep_evide
 from pqorder.analysis.recommend import Recommendation
 from pqorder.analysis.rotation_study import RotationStudy, plot_rotation
 from pqorder.analysis.search import SearchResult
+from pqorder.analysis.share import ShareStudy, plot_share
 from pqorder.analysis.stages import StagesStudy, plot_stages
 from pqorder.analysis.sweep import SweepResult, plot_sweep
 from pqorder.analysis.units import InterferenceResult, interference_table
@@ -180,6 +181,23 @@ def _lora_blocks(result: LoraStudy, folder: Path) -> list[Block]:
     ]
 
 
+def _share_blocks(result: ShareStudy, folder: Path) -> list[Block]:
+    image = plot_share(result, folder / "share.png")
+    return [
+        Block("h2", "Parameter sharing and pruning"),
+        Block(
+            "p",
+            f"{result.share_step.split(':')[0]} (Basis Sharing: adjacent blocks share a whitened "
+            f"SVD basis) and {result.pruner} in both orders at each pair of ratios, each alone "
+            "for the intensity gap G. Pruning after sharing prunes the factors; sharing after "
+            "pruning factors the pruned weights (their zeros do not survive). The paper finds "
+            f"that the stronger method later wins. Here: {result.summary()}.",
+        ),
+        Block("image", image.name),
+        Block("table", result.table()),
+    ]
+
+
 def _interference_blocks(items: list[InterferenceResult]) -> list[Block]:
     return [
         Block("h2", "Order-dependent units and interference"),
@@ -235,6 +253,8 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
         blocks += _mpq_blocks(MPQStudy.from_dict(mpq), folder)
     if lora := _latest(analyses, "lora"):
         blocks += _lora_blocks(LoraStudy.from_dict(lora), folder)
+    if share := _latest(analyses, "share"):
+        blocks += _share_blocks(ShareStudy.from_dict(share), folder)
     failed = [r for r in runs if not r.ok]
     blocks += [
         Block("h2", f"All runs ({len(runs)}, {len(failed)} failed)"),

@@ -94,15 +94,31 @@ class Adapters:
     seed: int  # initialization of fresh factors (training, or before a restore loads them)
 
 
+@dataclass(frozen=True)
+class Factoring:
+    """Linear units replaced by a basis and a coefficient factor (parameter sharing).
+
+    ``ranks`` holds the rank of every factored unit by its full module name (blocks as they are
+    after any removal); units whose block-relative name is in ``shared`` use one basis module
+    for each run of ``group`` adjacent blocks (0-1, 2-3, ...), the others have their own.
+    """
+
+    group: int
+    shared: list[str]
+    ranks: dict[str, int]
+
+
 @dataclass
 class ModelTransforms:
-    """What model-level steps changed: blocks removed (original indices), rotation, fake quant."""
+    """What model-level steps changed: blocks removed (original indices), rotation, fake quant,
+    units factored into shared bases and per-layer coefficients."""
 
     n_blocks: int | None = None  # block count of the model before any removal
     removed_blocks: list[int] = field(default_factory=list)
     rotation: Rotation | None = None
     activations: ActivationQuant | None = None
     adapters: Adapters | None = None  # unmerged LoRA adapters (a lora step with merge=false)
+    factoring: Factoring | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -112,11 +128,13 @@ class ModelTransforms:
         raw = json.loads(text)
         rot, act = raw.pop("rotation"), raw.pop("activations")
         ada = raw.pop("adapters", None)  # states saved before adapters existed have none
+        factoring = raw.pop("factoring", None)  # absent in states saved before sharing existed
         return cls(
             **raw,
             rotation=Rotation(**rot) if rot else None,
             activations=ActivationQuant(**act) if act else None,
             adapters=Adapters(**{**ada, "units": tuple(ada["units"])}) if ada else None,
+            factoring=Factoring(**factoring) if factoring else None,
         )
 
 

@@ -1,7 +1,8 @@
 """Model-level composition state made real: blocks, tied weights and forward hooks follow it.
 
 ``lm.state.model`` (``ModelTransforms``) says which blocks are removed, whether the residual
-stream is rotated, and what the forward pass fake-quantizes. ``sync`` rebuilds the module tree
+stream is rotated, what the forward pass fake-quantizes, and which units are factored
+(``pqorder.factors``). ``sync`` rebuilds the module tree
 and hooks from it, from any starting point, so restoring a snapshot or a cached prefix is
 "set the state, sync, load the weights". Nothing else installs hooks or edits the block list.
 
@@ -30,6 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from pqorder.adapters import set_adapters, unwrapped
 from pqorder.core import LoadedModel, Runtime
 from pqorder.errors import PqorderError
+from pqorder.factors import set_factors
 from pqorder.fakequant import fake_quant
 from pqorder.hadamard import random_rotation
 from pqorder.models.adapter import compressible_units, decoder_blocks, in_features
@@ -208,6 +210,7 @@ def sync(lm: LoadedModel) -> None:
     rt.handles.clear()
     transforms = lm.state.model
     _set_blocks(lm, rt, transforms.removed_blocks)
+    set_factors(rt.path, decoder_blocks(lm.model)[1], transforms.factoring)
     _set_tied(lm, rt, untie=transforms.rotation is not None)
     set_adapters(lm.model, transforms.adapters)
     _install_hooks(lm, rt, transforms.rotation, transforms.activations)

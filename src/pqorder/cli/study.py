@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pqorder.analysis.metric_agreement import MetricAgreement
     from pqorder.analysis.mpq import MPQStudy
     from pqorder.analysis.rotation_study import RotationStudy
+    from pqorder.analysis.share import ShareStudy
     from pqorder.analysis.stages import StagesStudy
 
 study_app = typer.Typer(help="Packaged studies (results go to the run store and the report).")
@@ -161,6 +162,7 @@ def print_mpq(result: MPQStudy) -> None:
     console.print(result.table().rich())
     console.print(result.interference_table().rich())
     console.print(result.runs_table().rich())
+    console.print(result.summary())
 
 
 @study_app.command()
@@ -197,4 +199,38 @@ def print_lora(result: LoraStudy) -> None:
     """The lora study's tables (the report's) and its one-line answer."""
     console.print(result.table().rich())
     console.print(result.advantage_table().rich())
+    console.print(result.summary())
+
+
+@study_app.command()
+@with_options("protocol", "calibration", "hardware", "study")
+def share(
+    prune: Annotated[str, typer.Option(help="Pruner step without its ratio.")] = "sparsegpt",
+    shares: Annotated[str, typer.Option(help="Sharing ratios (parameters removed).")] = (
+        "0.1,0.2,0.3"
+    ),
+    prunes: Annotated[str, typer.Option(help="Pruning ratios.")] = "0.2,0.4",
+    step: Annotated[
+        str, typer.Option("--share", help="The sharing step without its ratio.")
+    ] = "share:group=2",
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("share.png"),
+    protocol=None,
+    calibration=None,
+    study=None,
+) -> None:
+    """Parameter sharing (Basis Sharing) × pruning in both orders at every pair of ratios, plus
+    each step alone: the order advantage against the intensity gap."""
+    from pqorder import api
+    from pqorder.analysis.share import check_share_study
+
+    share_values, prune_values = _floats(shares, "--shares"), _floats(prunes, "--prunes")
+    check_share_study(prune, share_values, prune_values, step)  # before the model loads
+    result = api.share_study(study(), prune, share_values, prune_values, step, plot)
+    print_share(result)
+    console.print(f"plot: {plot}")
+
+
+def print_share(result: ShareStudy) -> None:
+    """The share study's table (the report's) and its one-line answer."""
+    console.print(result.table().rich())
     console.print(result.summary())

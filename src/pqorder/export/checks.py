@@ -26,6 +26,11 @@ def check_plain_forward(lm: LoadedModel, fmt: str, kinds: tuple[str, ...] = ("ca
             f"--format {fmt} cannot express the online Hadamard rotation (MLP down-projection "
             "input, queries/keys) of this QuaRot model; rotate with online=false to export it"
         )
+    if transforms.factoring is not None:
+        raise ConfigError(
+            f"--format {fmt} cannot hold shared basis factors (share): the plain architecture "
+            "has one weight per projection; save the model with pqorder's own output instead"
+        )
     act = transforms.activations
     if act is not None:
         what = ", ".join(

@@ -10,6 +10,7 @@ from pqorder.methods import (  # noqa: F401  (registration)
     quarot,
     rotate,
     rtn,
+    share,
     sleb,
     sparsegpt,
     structured,

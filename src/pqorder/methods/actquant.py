@@ -86,6 +86,7 @@ class ActQuant(ModelMethod):
     Config = ActQuantConfig
     example = "actquant:bits=8"
     constrains_weights = False
+    works_on_factors = True  # hooks every unit's input, factors included
 
     @property
     def granularity(self) -> str:

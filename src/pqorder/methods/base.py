@@ -23,7 +23,7 @@ from pqorder.models.architecture import Capability
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
 
-Family = Literal["prune", "quantize", "rotate", "recover"]
+Family = Literal["prune", "quantize", "rotate", "recover", "share"]
 Setting = bool | int | float | str  # what a step's text form can hold
 T = TypeVar("T")
 
@@ -78,6 +78,8 @@ class Method(ABC):
     constrains_weights: ClassVar[bool] = True  # leaves sparsity masks or grids on its units
     rotates: ClassVar[bool] = False  # rotates the weights (destroys earlier masks and grids)
     keeps_units: ClassVar[bool] = True  # every unit keeps its name, shape and basis
+    factors: ClassVar[bool] = False  # replaces units with basis/coefficient factors (share)
+    works_on_factors: ClassVar[bool] = True  # can follow a step that factored units
     requires: ClassVar[Need] = Need.NOTHING  # what it needs at its default settings
     kinds: ClassVar[frozenset[Kind]] = frozenset({"causal-lm", "encoder", "vision"})
 
@@ -161,7 +163,10 @@ class UnitMethod(Method):
 
 
 class ModelMethod(Method):
-    """A method that transforms the whole model at once."""
+    """A method that transforms the whole model at once (by default it edits named
+    projections, so it cannot follow a step that factored them: ``works_on_factors``)."""
+
+    works_on_factors: ClassVar[bool] = False
 
     @abstractmethod
     def apply(self, ctx: StepContext) -> ModelOutcome:

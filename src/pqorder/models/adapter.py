@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pqorder.errors import ConfigError
+from pqorder.factors import FactoredLinear
 from pqorder.models.architecture import architecture, resolve_blocks
 
 
@@ -79,6 +80,9 @@ def unit_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def in_features(module: nn.Module) -> int:
+    """Input width of a unit, or of a factored projection (``pqorder.factors``)."""
+    if isinstance(module, FactoredLinear):
+        return module.in_features
     return unit_shape(module)[1]
 
 

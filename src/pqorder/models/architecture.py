@@ -20,13 +20,14 @@ from torch import nn
 from pqorder.errors import ConfigError
 
 NormKind = Literal["rmsnorm", "rmsnorm+1", "layernorm"]  # w·x̂, (1+w)·x̂, w·x̂ + b
-Capability = Literal["rotate", "structured", "kv-cache", "sleb"]
-CAPABILITIES: tuple[Capability, ...] = ("rotate", "structured", "kv-cache", "sleb")
+Capability = Literal["rotate", "structured", "kv-cache", "sleb", "share"]
+CAPABILITIES: tuple[Capability, ...] = ("rotate", "structured", "kv-cache", "sleb", "share")
 NEEDS: dict[Capability, str] = {
     "rotate": "a pre-norm RMSNorm layout with separate q/k/v and gate/up projections",
     "structured": "separate q/k/v projections and a gated MLP with separate gate/up/down",
     "kv-cache": "a causal decoder whose attention runs through transformers' attention interface",
     "sleb": "a causal decoder with a declared final norm before its LM head",
+    "share": "a decoder whose attention and MLP projections are declared nn.Linear layers",
 }
 
 
@@ -144,6 +145,7 @@ FAMILIES: dict[str, Architecture] = {  # by config.model_type
         unsupported=(
             ("rotate", "uses LayerNorm with bias and a fused c_attn"),
             ("structured", "fuses q/k/v (c_attn) and has an ungated c_fc/c_proj MLP"),
+            ("share", "stores its projections as transposed Conv1D weights"),
         ),
     ),
     "bert": Architecture(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -16,6 +17,7 @@ from pqorder.hardware import Placement, auto_dtype, declared_dtype
 from pqorder.models import encoder, gemma3, smollm2, zoo
 from pqorder.models.vision import resize_to, timm_deit_base, torchvision_resnet18
 from pqorder.offload import place_model
+from pqorder.snapshot import assign
 from pqorder.state import STATE_FILE, CompressionState
 from pqorder.transforms import sync
 
@@ -40,7 +42,8 @@ def _from_pretrained(
     config = AutoConfig.from_pretrained(source)  # read once: its dtype, then the model
     own = declared_dtype(config)
     dtype = placement.dtype or auto_dtype(placement.device, own, saved_output(source))
-    model = auto.from_pretrained(source, config=config, dtype=dtype)
+    with _quiet_if_factored(Path(source)):  # the factors are read after, from the state
+        model = auto.from_pretrained(source, config=config, dtype=dtype)
     model.eval()
     local = Path(source) if Path(source).is_dir() else None
     lm = LoadedModel(name, model, tokenizer, kind=kind, caveat=CAVEATS.get(name), source=local)
@@ -53,7 +56,37 @@ def _with_state(lm: LoadedModel, folder: Path) -> LoadedModel:
     if path.exists():
         lm.state = CompressionState.load(path)
         sync(lm)
+        if lm.state.model.factoring is not None:
+            _load_factors(lm, folder)
     return lm
+
+
+@contextlib.contextmanager
+def _quiet_if_factored(folder: Path) -> Iterator[None]:
+    """Silence transformers' load report (projections missing, factors unexpected) for a saved
+    factored model: the plain architecture is loaded first, its factors next."""
+    from transformers.utils import logging as hf_logging
+
+    path = folder / STATE_FILE
+    if not path.exists() or CompressionState.load(path).model.factoring is None:
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _load_factors(lm: LoadedModel, folder: Path) -> None:
+    """The basis and coefficient weights of a factored model (the plain architecture loaded
+    without them): read from the checkpoint into the factors ``sync`` built."""
+    live = lm.model.state_dict()
+    tensors = load_file(str(folder / "model.safetensors"))
+    for key, value in tensors.items():
+        if ".basis." in key or ".coef." in key:
+            assign(live, key, value)
 
 
 def _vision_dir(path: Path) -> LoadedModel:
