@@ -7,12 +7,6 @@ import pytest
 
 from pqorder import api
 from pqorder.analysis.intensity import CurveOptions
-from pqorder.analysis.local_errors import (
-    LocalOrderErrors,
-    local_order_errors,
-    output_energy,
-    sample_units,
-)
 from pqorder.analysis.predictor import (
     PairEvidence,
     PredictorFit,
@@ -26,6 +20,12 @@ from pqorder.analysis.predictor import (
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError
 from pqorder.eval.perplexity import PerplexityProtocol
+from pqorder.local_errors import (
+    LocalOrderErrors,
+    local_order_errors,
+    output_energy,
+    sample_units,
+)
 from pqorder.models.adapter import compressible_units, get_weight
 from pqorder.pipeline import parse_step
 from pqorder.store import RunStore

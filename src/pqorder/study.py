@@ -25,7 +25,6 @@ from dataclasses import asdict, astuple, dataclass
 import torch
 from torch import Tensor
 
-from pqorder.analysis.local_errors import UnitSamples, sample_units
 from pqorder.core import LoadedModel, Need
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.dense import DenseReference
@@ -35,6 +34,7 @@ from pqorder.eval import Evaluator, evaluation_details, protocol_dict
 from pqorder.eval.select import calibration_for, sample_for
 from pqorder.executors import Executor, Job, Outcome, WorkerSetup, fingerprint
 from pqorder.hardware import CPU_FLOAT32
+from pqorder.local_errors import UnitSamples, sample_units
 from pqorder.methods.base import Method
 from pqorder.methods.lora import check_held_out
 from pqorder.models.adapter import weight_matrix

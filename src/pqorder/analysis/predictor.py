@@ -1,7 +1,7 @@
 """Predicting the order advantage of a pruning/quantization pair without running both orders.
 
 The evidence a user has paid for anyway is each method alone (intensity needs it) and one
-calibration pass. From the latter, ``pqorder.analysis.local_errors`` applies both orders unit
+calibration pass. From the latter, ``pqorder.local_errors`` applies both orders unit
 by unit and gives x = log(e_P→Q / e_Q→P). The predictor reads the relative advantage
 
     r = A(Q→P) / s,   s = (M_dense − M_P) + (M_dense − M_Q)   (the drops of the methods alone)
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from pqorder.analysis.intensity import drop_scale
-from pqorder.analysis.local_errors import LocalOrderErrors, UnitSamples, local_order_errors
 from pqorder.analysis.sweep import SweepPoint, spearman
 from pqorder.analysis.validation import family_of, usable
 from pqorder.atomic import atomic_output
 from pqorder.errors import ConfigError
+from pqorder.local_errors import LocalOrderErrors, UnitSamples, local_order_errors
 from pqorder.methods.base import Method
 from pqorder.plotting import figure
 from pqorder.study import Study

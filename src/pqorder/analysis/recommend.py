@@ -28,9 +28,9 @@ from pqorder.analysis.intensity import (
     collapsed,
     measure_intensity,
 )
-from pqorder.analysis.local_errors import is_local
 from pqorder.analysis.predictor import Prediction, PredictorFit, predict_pair
 from pqorder.errors import ConfigError, check_format
+from pqorder.local_errors import is_local
 from pqorder.methods.base import Method
 from pqorder.pipeline import STEP_SEPARATOR, label
 from pqorder.store import Measurement, m_text, v1_direction

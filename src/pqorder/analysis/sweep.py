@@ -23,8 +23,8 @@ from pqorder.analysis.intensity import (
     reference_curve,
     reference_steps,
 )
-from pqorder.analysis.local_errors import is_local, local_order_errors
 from pqorder.errors import ConfigError, check_format
+from pqorder.local_errors import is_local, local_order_errors
 from pqorder.pipeline import parse_step
 from pqorder.plotting import figure
 from pqorder.store import Direction, m_text, v1_direction

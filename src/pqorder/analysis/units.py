@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor
 
-from pqorder.analysis.local_errors import output_energy
 from pqorder.errors import check_format
+from pqorder.local_errors import output_energy
 from pqorder.methods.base import Method
 from pqorder.models.adapter import compressible_units, get_weight
 from pqorder.pipeline import label
