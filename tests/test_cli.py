@@ -16,7 +16,7 @@ PQ = [sys.executable, "-m", "pqorder"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}  # tests never download
     return subprocess.run([*PQ, *args], capture_output=True, text=True, env=env, timeout=600)
 
 

@@ -37,6 +37,8 @@ from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError, PqorderError
 from pqorder.hardware import Placement
 from pqorder.methods.base import Method
+from pqorder.models.loading import load_model
+from pqorder.prefix_cache import PrefixCache
 
 EXECUTORS = ("local", "process", "ray")
 RAY_EXTRA = "pip install 'pqorder[ray]'"
@@ -170,6 +172,7 @@ class WorkerSetup:
     cache: tuple[Path, float] | None  # prefix cache root and size limit (GiB)
     fingerprint: tuple[int, int]  # (tensors, parameters) of the dense model
     threads: int  # torch threads per worker
+    study_type: type  # the driver's Study class (pickled by reference: this module is below it)
 
 
 def fingerprint(model: torch.nn.Module) -> tuple[int, int]:
@@ -183,10 +186,6 @@ class Worker:
     no run store (the driver's is the only writer)."""
 
     def __init__(self, setup: WorkerSetup) -> None:
-        from pqorder.models.loading import load_model
-        from pqorder.prefix_cache import PrefixCache
-        from pqorder.study import Study
-
         if setup.threads:
             torch.set_num_threads(setup.threads)
         lm = load_model(setup.model, setup.placement)
@@ -197,7 +196,7 @@ class Worker:
             )
         self.protocols = [kind(**fields) for kind, fields in setup.protocols]
         cache = PrefixCache(*setup.cache) if setup.cache else None
-        self.study = Study(
+        self.study = setup.study_type(
             lm, self.protocols[0], setup.calibration, None, cache, setup.name, setup.sequential
         )
         for protocol in self.protocols[1:]:

@@ -43,15 +43,20 @@ def _latest(analyses: list[dict], kind: str) -> dict | None:
 
 def _recommend_blocks(rec: Recommendation) -> list[Block]:
     dense = rec.intensity.dense
+    gaps = f"(CER gaps {', '.join(cell(g) for g in rec.cer_gaps)})"
+    if rec.verdict:
+        answer = (
+            f"Recommended order: **{rec.order_label}** ({rec.verdict}). Weaker first: "
+            f"{rec.labels(rec.rule_order)}, confidence {rec.confidence} {gaps}."
+        )
+    else:  # stored before the predictor: weaker first was the answer
+        answer = (
+            f"Recommended order (weaker first): **{rec.order_label}**; confidence "
+            f"{rec.confidence} {gaps}."
+        )
     blocks = [
         Block("h2", "Intensity and recommendation"),
-        Block(
-            "p",
-            f"Dense {dense.metric_name} {cell(dense.value)}. Recommended order: "
-            f"**{rec.order_label}** ({rec.verdict or 'weaker first'}). Weaker first: "
-            f"{rec.labels(rec.rule_order or rec.order)}, confidence {rec.confidence} "
-            f"(CER gaps {', '.join(cell(g) for g in rec.cer_gaps)}).",
-        ),
+        Block("p", f"Dense {dense.metric_name} {cell(dense.value)}. {answer}"),
         Block("table", rec.table()),
     ]
     if rec.calls:

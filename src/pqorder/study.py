@@ -209,6 +209,7 @@ class Study:
             cache=(self.cache.root, self.cache.max_bytes / 2**30) if self.cache else None,
             fingerprint=self._fingerprint,
             threads=max(1, torch.get_num_threads() // self.executor.spec.workers),
+            study_type=type(self),
         )
 
     def calibration_tokens(self) -> Tensor:
