@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 
+from pqorder.cli import main
 from pqorder.models.adapter import compressible_units, get_weight
 from pqorder.models.loading import load_model
 
@@ -81,11 +83,18 @@ def test_eval_json_reports_protocol():
         (["demo", "--vision", "resnet18", "-o", "{tmp}/x"], "no offline evaluation set"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
-    res = run(*[a.replace("{tmp}", str(tmp_path)) for a in args])
-    assert res.returncode == 2
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], res.stderr
+def test_bad_input_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys, args, message):
+    # The console script's own entry point, in this process: no interpreter start-up per case.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
+    monkeypatch.setattr(
+        sys, "argv", ["pqorder", *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], stderr
     assert not (tmp_path / "x").exists()
 
 
