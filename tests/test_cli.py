@@ -22,6 +22,26 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*PQ, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.fixture
+def inline(monkeypatch, capsys):
+    """The console script's own entry point run in this process (no interpreter start-up),
+    offline; returns what ``run`` returns."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["pqorder", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return call
+
+
 def test_compress_saves_a_loadable_model_with_its_constraints(tmp_path):
     out = tmp_path / "m"
     res = run(
@@ -83,29 +103,22 @@ def test_eval_json_reports_protocol():
         (["demo", "--vision", "resnet18", "-o", "{tmp}/x"], "no offline evaluation set"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys, args, message):
-    # The console script's own entry point, in this process: no interpreter start-up per case.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
-    monkeypatch.setattr(
-        sys, "argv", ["pqorder", *[a.replace("{tmp}", str(tmp_path)) for a in args]]
-    )
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    stderr = capsys.readouterr().err
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], stderr
+def test_bad_input_is_one_line_and_nonzero(tmp_path, inline, args, message):
+    res = inline(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], res.stderr
     assert not (tmp_path / "x").exists()
 
 
-def test_existing_output_is_refused(tmp_path):
+def test_existing_output_is_refused(tmp_path, inline):
     (tmp_path / "x").mkdir()
-    res = run("compress", "-p", "rtn:bits=8", "-o", str(tmp_path / "x"))
+    res = inline("compress", "-p", "rtn:bits=8", "-o", str(tmp_path / "x"))
     assert res.returncode == 2 and "--overwrite" in res.stderr
 
 
-def test_methods_lists_every_method():
-    res = run("methods")
+def test_methods_lists_every_method(inline):
+    res = inline("methods")
     assert res.returncode == 0
     for name in ("magnitude", "rtn"):
         assert name in res.stdout
@@ -124,7 +137,7 @@ def test_saved_state_matches_in_memory(smol, tmp_path):
     assert Path(tmp_path / "m" / "pqorder.json").exists()
 
 
-def test_order_commands_end_to_end(tiny_dir, tmp_path):
+def test_order_commands_end_to_end(tiny_dir, tmp_path, inline):
     common = [
         "-m",
         str(tiny_dir),
@@ -142,16 +155,16 @@ def test_order_commands_end_to_end(tiny_dir, tmp_path):
         "cli",
     ]
     methods = ["--methods", "magnitude:ratio=0.3", "--methods", "rtn:bits=4,group=128"]
-    res = run("recommend", *methods, *common, "--bits", "3,4,8")
+    res = inline("recommend", *methods, *common, "--bits", "3,4,8")
     assert res.returncode == 0, res.stderr
     assert "recommended order" in res.stdout and "confidence" in res.stdout
-    res = run("search", *methods, *common)
+    res = inline("search", *methods, *common)
     assert res.returncode == 0, res.stderr
     assert "steps applied" in res.stdout and "PIH recommendation was best" in res.stdout
-    res = run("interference", "--pair", "magnitude:ratio=0.3 | rtn:bits=4,group=128", *common)
+    res = inline("interference", "--pair", "magnitude:ratio=0.3 | rtn:bits=4,group=128", *common)
     assert res.returncode == 0, res.stderr
     assert "interference" in res.stdout
-    res = run(
+    res = inline(
         "runs",
         "--study",
         "cli",
@@ -161,7 +174,7 @@ def test_order_commands_end_to_end(tiny_dir, tmp_path):
         str(tmp_path / "runs.csv"),
     )
     assert res.returncode == 0 and (tmp_path / "runs.csv").exists()
-    res = run(
+    res = inline(
         "report",
         "--study",
         "cli",
@@ -172,7 +185,7 @@ def test_order_commands_end_to_end(tiny_dir, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "Order search" in (tmp_path / "rep" / "report.md").read_text()
-    bad = run("recommend", "--methods", "rtn:bits=4", *common)
+    bad = inline("recommend", "--methods", "rtn:bits=4", *common)
     assert bad.returncode == 2 and "at least two" in bad.stderr
-    bad = run("sweep", "--bits", "3,x", *common)
+    bad = inline("sweep", "--bits", "3,x", *common)
     assert bad.returncode == 2 and "comma-separated" in bad.stderr
