@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import huggingface_hub
 import pytest
 
+from pqorder.cli import main
 from pqorder.core import LoadedModel
 from pqorder.data.calibration import CalibrationSpec, sample_calibration
 from pqorder.eval.perplexity import PerplexityProtocol, evaluate_perplexity
@@ -87,3 +92,23 @@ def minilm():
     dense = take_snapshot(lm)
     yield lm
     restore_snapshot(lm, dense)
+
+
+@pytest.fixture
+def inline(monkeypatch, capsys):
+    """The console script's own entry point run in this process (no interpreter start-up),
+    offline; returns what ``run`` returns."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["pqorder", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return call

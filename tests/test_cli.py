@@ -6,11 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
 
-from pqorder.cli import main
 from pqorder.models.adapter import compressible_units, get_weight
 from pqorder.models.loading import load_model
 
@@ -20,26 +18,6 @@ PQ = [sys.executable, "-m", "pqorder"]
 def run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}  # tests never download
     return subprocess.run([*PQ, *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-@pytest.fixture
-def inline(monkeypatch, capsys):
-    """The console script's own entry point run in this process (no interpreter start-up),
-    offline; returns what ``run`` returns."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["pqorder", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-    return call
 
 
 def test_compress_saves_a_loadable_model_with_its_constraints(tmp_path):

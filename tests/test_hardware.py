@@ -3,9 +3,6 @@ path identical to the plain one, and every bad placement refused before a model 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -132,11 +129,10 @@ def test_bad_placement_is_one_line(device, dtype, message):
     assert "\n" not in str(err.value)
 
 
-def test_cli_refuses_a_missing_gpu_before_loading():
+def test_cli_refuses_a_missing_gpu_before_loading(inline):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    cmd = [sys.executable, "-m", "pqorder", "eval", "-m", "no-such-model", "--device", "cuda"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = inline("eval", "-m", "no-such-model", "--device", "cuda")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: --device cuda: this machine has no CUDA GPU; use cpu"

@@ -235,20 +235,15 @@ def test_activation_quantization_is_an_ordered_step(digits):
             parse_pipeline(bad)
 
 
-def test_cli_compresses_a_vision_model_and_refuses_a_mismatched_dataset(tmp_path):
+def test_cli_compresses_a_vision_model_and_refuses_a_mismatched_dataset(tmp_path, inline):
     import json
-    import os
-    import subprocess
-    import sys
 
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    pq = [sys.executable, "-m", "pqorder"]
     out = tmp_path / "cnn"
-    args = ["compress", "-m", "digits-cnn", "-p", "filters:ratio=0.25 > rtn:bits=4", "-o", str(out)]
-    res = subprocess.run([*pq, *args], capture_output=True, text=True, env=env, timeout=300)
+    res = inline(
+        "compress", "-m", "digits-cnn", "-p", "filters:ratio=0.25 > rtn:bits=4", "-o", str(out)
+    )
     assert res.returncode == 0, res.stderr
     record = json.loads((out / "pqorder.json").read_text())
     assert record["top-1 accuracy"]["protocol"]["dataset"] == "digits:test"
-    bad = [*pq, "eval", "-m", str(out), "--data", "fashion-mnist"]
-    res = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
+    res = inline("eval", "-m", str(out), "--data", "fashion-mnist")
     assert res.returncode == 2 and "do not fit this model" in res.stderr
