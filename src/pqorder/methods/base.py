@@ -37,6 +37,15 @@ def _fraction(v: float) -> float:
 Fraction = Annotated[float, AfterValidator(_fraction)]  # a share of weights/filters/channels
 
 
+def _group_size(v: int) -> int:
+    if v < 0:
+        raise ValueError(f"group size must be 0 (per-channel) or positive, got {v}")
+    return v
+
+
+GroupSize = Annotated[int, AfterValidator(_group_size)]  # input features per scale; 0 = channel
+
+
 class MethodConfig(BaseModel):
     """Frozen, strictly validated method settings (unknown keys, infinite or NaN floats and
     integers beyond 64 bits are errors)."""

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from pqorder.core import ModelOutcome, Need, StepContext
 from pqorder.layerwise import calibrated_units
-from pqorder.methods.base import ModelMethod, register
+from pqorder.methods.base import GroupSize, ModelMethod, register
 from pqorder.methods.gptq import GPTQ, GPTQConfig
 from pqorder.methods.obs import SolverSettings
 from pqorder.methods.rtn import RTN, QuantConfig
@@ -62,7 +62,7 @@ class MPQConfig(SolverSettings):
     set: str = "2/3/4/8"
     avg: float = 4.0
     quant: Literal["rtn", "gptq"] = "gptq"
-    group: int = 0
+    group: GroupSize = 0
     sym: bool = False
     order: Order = "progressive"
     part: Literal["all", "low", "high"] = "all"
@@ -86,13 +86,6 @@ class MPQConfig(SolverSettings):
         if len(widths) < 2:
             raise ValueError(f"a bit set needs at least two widths (e.g. 2/4/8), got '{v}'")
         return "/".join(str(b) for b in widths)
-
-    @field_validator("group")
-    @classmethod
-    def _group_size(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"group size must be 0 (per-channel) or positive, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _budget(self) -> MPQConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import field_validator
 from torch import Tensor
 
-from pqorder.methods.base import MethodConfig, UnitMethod, register
+from pqorder.methods.base import GroupSize, MethodConfig, UnitMethod, register
 from pqorder.quantgrid import fit_grid
 from pqorder.state import UnitConstraint
 from pqorder.stats import UnitStats
@@ -15,7 +15,7 @@ class QuantConfig(MethodConfig):
     """``bits`` 2..8; ``group`` input features per scale (0 = per output channel); ``sym``."""
 
     bits: int = 4
-    group: int = 0
+    group: GroupSize = 0
     sym: bool = False
     always_show = ("bits",)
 
@@ -24,13 +24,6 @@ class QuantConfig(MethodConfig):
     def _bits_range(cls, v: int) -> int:
         if not 2 <= v <= 8:
             raise ValueError(f"unsupported bit-width {v}; use 2 to 8")
-        return v
-
-    @field_validator("group")
-    @classmethod
-    def _group_size(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"group size must be 0 (per-channel) or positive, got {v}")
         return v
 
 
