@@ -169,10 +169,9 @@ def measure_intensity(
     return IntensityReport(dense, methods, curve, curve.non_monotone())
 
 
-def drop_scale(study: Study, prune: Method, quant: Method) -> float | None:
-    """s = (M_dense − M_P) + (M_dense − M_Q) from the stored runs of each method alone (None
-    when one of them failed)."""
-    dense, p, q = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
+def drop_scale(dense: Measurement, p: Measurement, q: Measurement) -> float | None:
+    """s = (M_dense − M_P) + (M_dense − M_Q) from the runs of each method alone (None when one
+    of them failed)."""
     if not (dense.ok and p.ok and q.ok):
         return None
     return 2 * dense.metric - p.metric - q.metric

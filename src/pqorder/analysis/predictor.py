@@ -160,14 +160,10 @@ def predict_pair(
     study: Study, samples: UnitSamples, prune: Method, quant: Method, prior: PredictorFit | None
 ) -> Prediction:
     """The predicted A(Q→P) of one pair on ``study``'s model (both methods unit-wise)."""
-    scale = drop_scale(study, prune, quant)
+    runs = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
+    scale = drop_scale(*runs)
     local = local_order_errors(samples, prune, quant)
     return predict(local, scale or 0.0, prior)
-
-
-def fallback(quant_first: bool, reason: str) -> Prediction:
-    """Weaker first's answer, named as such."""
-    return Prediction(None, None, None, None, quant_first, f"weaker first ({reason})")
 
 
 # -- honest evaluation --------------------------------------------------------------------

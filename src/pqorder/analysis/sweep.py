@@ -174,7 +174,7 @@ def run_sweep(
             for b, q in q_steps.items():
                 q_run = study.evaluate((q,))  # on the reference curve: a stored run
                 stronger = p_run.metric < q_run.metric if p_run.ok and q_run.ok else None
-                scale = drop_scale(study, p, q)
+                scale = drop_scale(dense, p_run, q_run)
                 local = None
                 if every is not None and is_local(p) and is_local(q):
                     local = local_order_errors(study.unit_samples(every), p, q).log_ratio
