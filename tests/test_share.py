@@ -152,7 +152,7 @@ def test_dense_restores_and_factored_model_saves_and_loads(tiny, dense_tiny, sha
             "group=3 needs at least 3 blocks to share a basis; the model has 2",
         ),
         ("share:ratio=0.9999", ConfigError, "leaves rank 0 for self_attn.q_proj"),
-        ("share:ratio=1.0", ConfigError, "ratio must lie in \\(0, 1\\)"),
+        ("share:ratio=1.0", ConfigError, "ratio: must lie in \\(0, 1\\)"),
         ("share:group=0", ConfigError, "group must be at least 1"),
         ("share > share", OrderError, "share cannot follow share"),
         ("share > rotate", OrderError, "rotate cannot follow share"),

@@ -37,6 +37,15 @@ def _fraction(v: float) -> float:
 Fraction = Annotated[float, AfterValidator(_fraction)]  # a share of weights/filters/channels
 
 
+def _open_fraction(v: float) -> float:
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"must lie in (0, 1), got {v}")
+    return v
+
+
+OpenFraction = Annotated[float, AfterValidator(_open_fraction)]  # a ratio or damp that cannot be 0
+
+
 def _group_size(v: int) -> int:
     if v < 0:
         raise ValueError(f"group size must be 0 (per-channel) or positive, got {v}")

@@ -19,7 +19,7 @@ from pydantic import field_validator
 from torch import Tensor
 
 from pqorder.errors import PqorderError
-from pqorder.methods.base import MethodConfig
+from pqorder.methods.base import MethodConfig, OpenFraction
 from pqorder.stats import UnitStats
 
 MAX_DAMP_RETRIES = 4
@@ -125,15 +125,8 @@ def solve(
 class SolverSettings(MethodConfig):
     """Settings shared by the OBS-based methods (GPTQ, SparseGPT)."""
 
-    damp: float = 0.01  # fraction of mean(diag H) added to the diagonal
+    damp: OpenFraction = 0.01  # fraction of mean(diag H) added to the diagonal
     blocksize: int = 128  # columns per lazy-update block
-
-    @field_validator("damp")
-    @classmethod
-    def _damp_range(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
-            raise ValueError(f"dampening must lie in (0, 1), got {v}")
-        return v
 
     @field_validator("blocksize")
     @classmethod

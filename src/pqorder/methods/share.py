@@ -50,7 +50,7 @@ from pqorder.core import LoadedModel, ModelOutcome, Need, StepContext
 from pqorder.errors import ConfigError
 from pqorder.factors import FactoredLinear, factored
 from pqorder.layerwise import calibrated_units
-from pqorder.methods.base import Method, MethodConfig, ModelMethod, register
+from pqorder.methods.base import Method, MethodConfig, ModelMethod, OpenFraction, register
 from pqorder.methods.sleb import SLEB
 from pqorder.models.adapter import decoder_blocks, get_weight
 from pqorder.models.architecture import Architecture, Capability, architecture
@@ -63,31 +63,17 @@ class ShareConfig(MethodConfig):
     """``ratio`` of the projections' parameters removed, ``group`` blocks per shared basis,
     ``refit`` per-layer coefficients, ``damp`` of the whitening Gram."""
 
-    ratio: float = 0.2
+    ratio: OpenFraction = 0.2
     group: int = 2
     refit: bool = False
-    damp: float = 0.01
+    damp: OpenFraction = 0.01
     always_show = ("ratio", "group")
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(f"ratio must lie in (0, 1), got {v}")
-        return v
 
     @field_validator("group")
     @classmethod
     def _group(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"group must be at least 1, got {v}")
-        return v
-
-    @field_validator("damp")
-    @classmethod
-    def _damp(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(f"damp must lie in (0, 1), got {v}")
         return v
 
 
