@@ -151,6 +151,7 @@ def main() -> None:
         fit,
         held_out_table,
         leave_one_family_out,
+        magnitude_table,
         plot_predicted,
         sweep_evidence,
     )
@@ -164,7 +165,7 @@ def main() -> None:
     print(f"\n{table.title} (grid took {time.perf_counter() - start:.0f} s)\n")
     print("\n".join(table.markdown()))
     held_out = leave_one_family_out(evidence)
-    for t in (held_out_table(held_out), calibration_table(held_out)):
+    for t in (held_out_table(held_out), calibration_table(held_out), magnitude_table(held_out)):
         print(f"\n{t.title}\n")
         print("\n".join(t.markdown()))
     source = f"pih_grid {args.parts}"

@@ -14,6 +14,7 @@ from pqorder.analysis.predictor import (
     fit,
     held_out_table,
     leave_one_family_out,
+    magnitude_table,
     normal_cdf,
     predict,
 )
@@ -101,6 +102,13 @@ def test_fit_predict_and_leave_one_family_out():
     assert overall[0] == "all (held out)" and overall[1] == 24 and overall[2] >= 0.9
     calibration = calibration_table(held)
     assert sum(row[1] for row in calibration.rows) == 24
+    by_size = magnitude_table(held, (0.0, 0.01, math.inf))
+    sizes = [abs(p.advantage) / p.scale for p in points]
+    assert [row[1] for row in by_size.rows] == [
+        sum(v < 0.01 for v in sizes),
+        sum(v >= 0.01 for v in sizes),
+    ]
+    assert by_size.rows[-1][0] == "≥ 0.01" and by_size.rows[-1][2] == 1.0  # wrong only when tiny
     with pytest.raises(ConfigError, match="at least 3"):
         fit(points[:2], "too few")
 

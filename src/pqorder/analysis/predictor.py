@@ -175,6 +175,7 @@ class HeldOut:
     predicted: tuple[float, ...]  # predicted A(Q→P) per point
     measured: tuple[float, ...]  # measured A(Q→P)
     stated: tuple[float, ...]  # the confidence stated for the predicted order
+    scales: tuple[float, ...]  # s per point (the methods' drops alone, summed)
 
     @property
     def right(self) -> tuple[bool, ...]:
@@ -198,6 +199,7 @@ def leave_one_family_out(points: Sequence[PairEvidence]) -> list[HeldOut]:
                 tuple(r * p.scale for r, p in zip(r_hat, test, strict=True)),
                 tuple(p.advantage for p in test),
                 tuple(max(q, 1 - q) for q in (normal_cdf(r / model.sigma) for r in r_hat)),
+                tuple(p.scale for p in test),
             )
         )
     return out
@@ -239,6 +241,29 @@ def calibration_table(
     return Table(
         "predictor calibration (held-out points)",
         ("stated confidence", "points", "mean stated", "right"),
+        tuple(rows),
+    )
+
+
+def magnitude_table(
+    results: Sequence[HeldOut], edges: Sequence[float] = (0.0, 0.05, 0.2, 0.5, math.inf)
+) -> Table:
+    """Held-out sign accuracy by how much the order mattered, |A| / s: a wrong sign where
+    the two orders differ by a few per cent of the methods' own drops costs little, and
+    such small differences are also the ones the evaluation resolves worst."""
+    pairs = [
+        (abs(m) / s, r)
+        for h in results
+        for m, s, r in zip(h.measured, h.scales, h.right, strict=True)
+    ]
+    rows = []
+    for low, high in itertools.pairwise(edges):
+        inside = [r for size, r in pairs if low <= size < high]
+        label = f"≥ {low:g}" if math.isinf(high) else f"{low:g}–{high:g}"
+        rows.append((label, len(inside), sum(inside) / len(inside) if inside else None))
+    return Table(
+        "predictor by how much the order mattered (held-out points)",
+        ("|A| / s", "points", "sign right"),
         tuple(rows),
     )
 
