@@ -18,6 +18,7 @@ from pqorder.analysis.predictor import (
     normal_cdf,
     predict,
 )
+from pqorder.analysis.recommend import place_recovery
 from pqorder.data.calibration import CalibrationSpec
 from pqorder.errors import ConfigError
 from pqorder.eval.perplexity import PerplexityProtocol
@@ -143,3 +144,23 @@ def test_recommend_follows_a_confident_prediction_and_names_the_cost_otherwise(s
     assert rec.verdict == "uncertain: run `pqorder search` (costs 6 evaluations)"
     with pytest.raises(ConfigError, match="every must be at least 1"):
         api.recommend(study, steps, every=0)
+
+
+def test_recovery_goes_before_the_first_quantizer_or_last():
+    lora, wanda, rtn = (parse_step(t) for t in ("lora:rank=2", "wanda:ratio=0.3", "rtn:bits=4"))
+    unmerged = parse_step("lora:rank=2,merge=false")
+    assert place_recovery([lora, wanda, rtn]) == [wanda, lora, rtn]
+    assert place_recovery([rtn, wanda, lora]) == [lora, rtn, wanda]
+    assert place_recovery([lora, wanda]) == [wanda, lora]
+    assert place_recovery([unmerged, wanda, rtn]) == [wanda, rtn, unmerged]
+
+
+def test_recommend_places_recovery_by_its_policy_not_its_intensity(study):
+    steps = ["lora:rank=2,steps=2,lr=0.01,seqlen=16,batch=2", "rtn:bits=3,group=64"]
+    rec = api.recommend(study, steps, CURVE, every=1)
+    lora = parse_step(steps[0]).to_text()
+    assert rec.order[0] == rec.rule_order[0] == lora  # before the quantizer, whatever it measured
+    assert rec.confidence.startswith("not applicable") and rec.cer_gaps == []
+    assert any("is a recovery step" in w for w in rec.warnings)
+    with pytest.raises(ConfigError, match="add a compression method"):
+        api.recommend(study, steps[:1] * 2, CURVE)

@@ -11,6 +11,8 @@ elsewhere, saying so. The verdict is "confident" only when every predicted pair 
 it names the cost of measuring instead (``pqorder search``). Cost: the n methods alone and the
 dense model (n + 1 evaluations) plus one calibration pass and the unit solves. Known regimes
 are named: collapse zones, Harma's case (magnitude × min-max RTN), rotation before pruning.
+Recovery steps (LoRA) are not compressions, so neither signal ranks them: ``place_recovery``
+puts them where their update survives (see there), in both orders shown.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class PairCall:
 class Recommendation:
     order: list[str]  # step texts, the recommended order
     intensity: IntensityReport
-    cer_gaps: list[float | None]  # between consecutive methods of the weaker-first order
+    cer_gaps: list[float | None]  # between consecutive compressions of the weaker-first order
     confidence: str  # weaker first's, from the CER gaps
     warnings: list[str] = field(default_factory=list)
     rule_order: list[str] = field(default_factory=list)  # weaker first
@@ -179,6 +181,8 @@ def _intensity_v1(raw: dict) -> IntensityReport:
 
 
 def _confidence(gaps: list[float | None]) -> str:
+    if not gaps:
+        return "not applicable (one compression method)"
     if any(g is None for g in gaps):
         return "unknown (a method lies outside the reference curve)"
     smallest = min(gaps)
@@ -240,9 +244,23 @@ def strength(run: Measurement) -> float:
     return -run.metric if run.ok else float("inf")
 
 
+def place_recovery(order: Sequence[Method]) -> list[Method]:
+    """``order`` with its recovery steps (family ``recover``) moved to where they help: right
+    before the first quantizer, where a merged update survives (after a quantizer the merge
+    re-projects the update onto that grid, and at 4 bits none of it was kept; measured in
+    notes/issue13-lora.md), or last when no quantizer follows. A step that must be last
+    (``last_only``, e.g. adapters kept unmerged) goes last."""
+    last = [s for s in order if s.last_only() is not None]
+    recover = [s for s in order if s.family == "recover" and s not in last]
+    rest = [s for s in order if s not in last and s not in recover]
+    first_quant = next((i for i, s in enumerate(rest) if s.family == "quantize"), len(rest))
+    return rest[:first_quant] + recover + rest[first_quant:] + last
+
+
 def weaker_first(study: Study, steps: Sequence[Method]) -> list[Method]:
-    """The PIH order from each method alone (no reference curve needed)."""
-    return sorted(steps, key=lambda s: strength(study.evaluate((s,))))
+    """The PIH order from each method alone (no reference curve needed); recovery steps are
+    placed by ``place_recovery``, not by their (negative) intensity."""
+    return place_recovery(sorted(steps, key=lambda s: strength(study.evaluate((s,)))))
 
 
 def _pair_calls(
@@ -317,7 +335,10 @@ def recommend(
     report = measure_intensity(study, steps, options)
     if all(m.run.ok and m.run.value == report.dense.value for m in report.methods):
         raise ConfigError("none of the methods changes the model: there is no order to choose")
-    ranked = sorted(range(len(steps)), key=lambda i: strength(report.methods[i].run))
+    compressions = [i for i, s in enumerate(steps) if s.family != "recover"]
+    if not compressions:
+        raise ConfigError("recovery steps alone have no order to choose: add a compression method")
+    ranked = sorted(compressions, key=lambda i: strength(report.methods[i].run))
     rule = [steps[i] for i in ranked]
     gaps = []
     for a, b in itertools.pairwise(ranked):
@@ -325,14 +346,25 @@ def recommend(
         gaps.append(cb.value - ca.value if ca.in_range and cb.in_range else None)
     warnings = _warnings(report, steps, collapse_factor)
     calls, notes = _pair_calls(study, steps, prior or PredictorFit.load(), every)
-    order = _predicted_order(rule, calls)
+    order = place_recovery(_predicted_order(rule, calls) + [s for s in steps if s not in rule])
+    notes += [
+        f"{s.label()} is a recovery step, not a compression: placed "
+        + (
+            "last (it must be)"
+            if s.last_only()
+            else "right before the first quantizer, where its "
+            "merged update survives the grid (or last without one)"
+        )
+        for s in steps
+        if s.family == "recover"
+    ]
     return Recommendation(
         [s.to_text() for s in order],
         report,
         gaps,
         _confidence(gaps),
         warnings + notes,
-        [s.to_text() for s in rule],
+        [s.to_text() for s in place_recovery(rule + [s for s in steps if s not in rule])],
         calls,
         _verdict(study, steps, calls),
     )
