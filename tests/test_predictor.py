@@ -162,5 +162,6 @@ def test_recommend_places_recovery_by_its_policy_not_its_intensity(study):
     assert rec.order[0] == rec.rule_order[0] == lora  # before the quantizer, whatever it measured
     assert rec.confidence.startswith("not applicable") and rec.cer_gaps == []
     assert any("is a recovery step" in w for w in rec.warnings)
+    assert not any("outside the reference curve" in w for w in rec.warnings)
     with pytest.raises(ConfigError, match="add a compression method"):
         api.recommend(study, steps[:1] * 2, CURVE)

@@ -204,7 +204,7 @@ def _warnings(report: IntensityReport, steps: Sequence[Method], collapse: float)
                 f"(dense {dense.value:.3g}, collapse factor {collapse:g}); "
                 "the hypothesis may not hold there"
             )
-        if not m.cer.in_range and m.family != "quantize":
+        if not m.cer.in_range and m.family not in ("quantize", "recover"):
             out.append(f"{name} lies outside the reference curve ({m.cer.status})")
         if m.run.ok and m.run.value == dense.value:
             out.append(f"{name} does not change the metric at all")
