@@ -165,3 +165,12 @@ def test_recommend_places_recovery_by_its_policy_not_its_intensity(study):
     assert not any("outside the reference curve" in w for w in rec.warnings)
     with pytest.raises(ConfigError, match="add a compression method"):
         api.recommend(study, steps[:1] * 2, CURVE)
+
+
+def test_recommend_says_weaker_first_places_a_step_it_cannot_predict(study):
+    rec = api.recommend(study, ["share:ratio=0.1", "rtn:bits=3,group=64"], CURVE, every=1)
+    assert rec.calls == []
+    assert any(
+        "no predictor for share" in w and "weaker first places it" in w for w in rec.warnings
+    )
+    assert rec.order == rec.rule_order

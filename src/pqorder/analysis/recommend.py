@@ -281,6 +281,12 @@ def _pair_calls(
             calls.append(PairCall(p.to_text(), q.to_text(), prediction))
     if calls and prior is None:
         notes.append("the predictor has no fit (no prior): it gives the order but no confidence")
+    notes += [
+        f"no predictor for {s.label()} (family {s.family}: it predicts pruning × quantization "
+        f"pairs only); weaker first places it"
+        for s in steps
+        if s.family in ("share", "rotate")
+    ]
     return calls, notes
 
 
