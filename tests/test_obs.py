@@ -1,5 +1,7 @@
 """GPTQ and SparseGPT math on synthetic layers: error feedback must beat its data-free twin."""
 
+import re
+
 import pytest
 import torch
 
@@ -110,11 +112,11 @@ def test_dead_inputs_are_zeroed():
     ("text", "message"),
     [
         ("gptq:bits=4,group=128,act_order=true", "static_groups"),
-        ("gptq:damp=0", "dampening"),
+        ("gptq:damp=0", "damp: must lie in (0, 1)"),
         ("sparsegpt:ratio=0.5,blocksize=0", "blocksize"),
         ("wanda:ratio=1.5", "[0, 1)"),
     ],
 )
 def test_bad_solver_settings(text, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_step(text)
