@@ -26,7 +26,9 @@ runs), scored as the rule "local errors", then the predictor's leave-one-family-
 and its calibration. ``--write-prior`` saves the fit on all
 points as the prior ``pqorder recommend`` ships with.
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
-[--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README)
+[--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README);
+``--from-json lm.json vision.json [--write-prior]`` scores and fits the points of earlier runs
+together (e.g. parts run in different sessions) without running anything.
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ def run_part(part: str, args: argparse.Namespace) -> list:
     return points
 
 
+def load_points(path: Path) -> list:
+    """The sweep points an earlier run of this script wrote to its JSON file."""
+    from pqorder.analysis.sweep import SweepPoint
+
+    return [SweepPoint(**p) for p in json.loads(path.read_text())["points"]]
+
+
 def plot(points: list, path: Path) -> None:
     """A(Q→P) against the CER gap, one colour per pair family."""
     from pqorder.analysis.validation import family_of, usable
@@ -139,11 +148,21 @@ def main() -> None:
     parser.add_argument("--executor", choices=("local", "process", "ray"), default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--ray-address", default=None)
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="score and fit the points of earlier runs' JSON files instead of running parts",
+    )
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
+    missing = [str(f) for f in args.from_json or () if not f.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
 
     from pqorder.analysis.predictor import (
         PRIOR,
@@ -158,7 +177,14 @@ def main() -> None:
     from pqorder.analysis.validation import score_rules, scores_table
 
     start = time.perf_counter()
-    points = [p for part in parts for p in run_part(part, args)]
+    if args.from_json:
+        points = [p for f in args.from_json for p in load_points(f)]
+        source = "pih_grid " + " + ".join(f.stem for f in args.from_json)
+    else:
+        points = [p for part in parts for p in run_part(part, args)]
+        source = f"pih_grid {args.parts}"
+        if set(parts) - {"vision"}:
+            source += f" (LM calibration {args.calib_samples}x{args.calib_seqlen})"
     evidence = sweep_evidence(points)
     scores = score_rules(points)
     table = scores_table(scores)
@@ -168,9 +194,6 @@ def main() -> None:
     for t in (held_out_table(held_out), calibration_table(held_out), magnitude_table(held_out)):
         print(f"\n{t.title}\n")
         print("\n".join(t.markdown()))
-    source = f"pih_grid {args.parts}"
-    if set(parts) - {"vision"}:
-        source += f" (LM calibration {args.calib_samples}x{args.calib_seqlen})"
     fitted = fit(evidence, source)
     print(f"fit on all {fitted.points} points: slope {fitted.slope:.4g}, σ {fitted.sigma:.4g}")
     plot_predicted(evidence, fitted, args.plot.with_name(f"{args.plot.stem}-predicted.png"))
