@@ -41,6 +41,10 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 QUANTIZERS = ("rtn:group=128", "rtn:group=0", "gptq:group=128", "gptq:group=0")
 PARTS = {  # part → (model, pruners, ratios, quantizers, bits)
@@ -128,12 +132,54 @@ def plot(points: list, path: Path) -> None:
             ax.scatter(
                 [p.cer_gap for p in kept], [p.advantage_q_first for p in kept], s=14, label=family
             )
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_xlabel("CER gap C*_P − C_Q  (> 0: pruning is stronger)")
-        ax.set_ylabel("A(Q→P)  (> 0: quantize first was better)")
+        _quadrants(ax)
         ax.set_title("weaker first is right in the top-right and bottom-left quadrants")
         ax.legend(fontsize=7, ncol=2)
+
+
+def plot_families(points: list, path: Path) -> None:
+    """The paper's figure per pair family: A(Q→P) against the CER gap, one curve per pruning
+    ratio across the bit-widths; collapse points drawn as grey crosses."""
+    from pqorder.analysis.validation import family_of
+    from pqorder.plotting import panels
+
+    families = sorted({family_of(p) for p in points})
+    with panels(path, len(families), 4, (4.2, 3.4)) as axes:
+        for ax, family in zip(axes, families, strict=True):
+            mine = [p for p in points if family_of(p) == family and p.cer_gap is not None]
+            mine = [p for p in mine if p.advantage_q_first is not None]
+            for ratio in sorted({p.ratio for p in mine}):
+                line = sorted(
+                    (p for p in mine if p.ratio == ratio and not p.collapse),
+                    key=lambda p: p.cer_gap,
+                )
+                ax.plot(
+                    [p.cer_gap for p in line],
+                    [p.advantage_q_first for p in line],
+                    "o-",
+                    ms=3,
+                    label=f"{ratio:g}",
+                )
+            lost = [p for p in mine if p.collapse]
+            ax.scatter(
+                [p.cer_gap for p in lost],
+                [p.advantage_q_first for p in lost],
+                marker="x",
+                color="grey",
+                s=14,
+            )
+            _quadrants(ax)
+            ax.set_title(family, fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, title="ratio", title_fontsize=6)
+
+
+def _quadrants(ax: Axes) -> None:
+    """Zero lines and the axis labels shared by both plots."""
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("CER gap C*_P − C_Q  (> 0: pruning is stronger)")
+    ax.set_ylabel("A(Q→P)  (> 0: quantize first was better)")
 
 
 def main() -> None:
@@ -213,7 +259,9 @@ def main() -> None:
         )
     )
     plot(points, args.plot)
-    print(f"points and scores: {args.json}; plot: {args.plot}")
+    families = args.plot.with_name(f"{args.plot.stem}-families.png")
+    plot_families(points, families)
+    print(f"points and scores: {args.json}; plots: {args.plot}, {families}")
 
 
 if __name__ == "__main__":
