@@ -98,6 +98,31 @@ def test_process_pool_matches_the_driver_and_survives_a_killed_worker(tiny_dir, 
     assert len(grid.pairs) == 2 and all(p.advantage_q_first is not None for p in grid.pairs)
 
 
+def test_a_pooled_sweep_computes_the_local_errors_while_the_workers_run(tiny_dir, tmp_path):
+    """The driver's thread finds each point's local errors during the prefetch; they equal
+    the ones the driver alone computes after it."""
+    pooled = _open(tiny_dir, tmp_path, "process")
+    busy = {}
+    prefetch = pooled.prefetch
+
+    def watched(orders, protocols=()):
+        prefetch(orders, protocols)
+        busy["samples after"] = dict(pooled._samples)
+
+    pooled.prefetch = watched
+    swept = api.sweep(pooled, ["magnitude"], [0.2], "rtn:group=128", [4], None)
+    pooled.executor.close()
+    local = _open(tiny_dir, tmp_path / "local", "local", workers=1)
+    alone = api.sweep(local, ["magnitude"], [0.2], "rtn:group=128", [4], None)
+    (point,), (reference,) = swept.points, alone.points
+    assert point.local_log_ratio is not None
+    assert point.local_log_ratio == pytest.approx(reference.local_log_ratio, rel=1e-6)
+    assert point.advantage_q_first == pytest.approx(reference.advantage_q_first, rel=1e-5)
+    # the statistics pass ran on the driver's thread while the workers held the prefetch (run
+    # alone, the driver would only start it after the prefetch returned)
+    assert 5 in busy["samples after"]
+
+
 def _sweep(model_dir, store, *executor: str) -> list[str]:
     return [
         *(sys.executable, "-m", "pqorder", "sweep", "-m", str(model_dir)),

@@ -8,7 +8,9 @@ measures how monotone it is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from pqorder.analysis.intensity import (
 )
 from pqorder.errors import ConfigError, check_format
 from pqorder.local_errors import is_local, local_order_errors
+from pqorder.methods.base import Method
 from pqorder.pipeline import parse_step
 from pqorder.plotting import figure
 from pqorder.store import Direction, m_text, v1_direction
@@ -159,10 +162,17 @@ def run_sweep(
     q_steps = {b: base_q.with_settings(bits=b) for b in bits}
     options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
     pairs = [(p, q) for p in prune_steps.values() for q in q_steps.values()]
-    study.prefetch(
-        [(), *((s,) for s in [*reference_steps(options), *prune_steps.values()])]
-        + [order for p, q in pairs for order in ((p, q), (q, p))]
-    )
+    orders = [(), *((s,) for s in [*reference_steps(options), *prune_steps.values()])]
+    orders += [order for p, q in pairs for order in ((p, q), (q, p))]
+    find_local = functools.partial(_local_ratios, study, pairs, every)
+    if study.executor.kind == "local":
+        study.prefetch(orders)  # nothing to overlap: the driver's model runs the orders
+        local_ratios = find_local()
+    else:  # the driver's model is idle while the workers run the orders: overlap the two
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(find_local)
+            study.prefetch(orders)
+            local_ratios = pending.result()
     curve = reference_curve(study, options)
     dense = study.dense_run()
     points = []
@@ -175,9 +185,7 @@ def run_sweep(
                 q_run = study.evaluate((q,))  # on the reference curve: a stored run
                 stronger = p_run.metric < q_run.metric if p_run.ok and q_run.ok else None
                 scale = drop_scale(dense, p_run, q_run)
-                local = None
-                if every is not None and is_local(p) and is_local(q):
-                    local = local_order_errors(study.unit_samples(every), p, q).log_ratio
+                local = local_ratios.get((p.to_text(), q.to_text()))
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
                 collapse = collapsed(pq, dense, collapse_factor) or collapsed(
@@ -203,6 +211,20 @@ def run_sweep(
                 )
                 bar.update()
     return SweepResult(points, _rhos(points), dense.metric_name, dense.direction)
+
+
+def _local_ratios(
+    study: Study, pairs: Sequence[tuple[Method, Method]], every: int | None
+) -> dict[tuple[str, str], float]:
+    """The predictor's feature log(e_P→Q / e_Q→P) of every pair whose methods both work unit
+    by unit, keyed by the steps' texts (none when ``every`` is None)."""
+    local = [(p, q) for p, q in pairs if every is not None and is_local(p) and is_local(q)]
+    if not local:
+        return {}
+    samples = study.unit_samples(every)
+    return {
+        (p.to_text(), q.to_text()): local_order_errors(samples, p, q).log_ratio for p, q in local
+    }
 
 
 def _rhos(points: list[SweepPoint]) -> dict[str, float | None]:

@@ -33,7 +33,9 @@ class Plan:
 
     Both are the paper's setting (a calibrated pruner against a quantizer), not Harma's
     magnitude × min-max case; the sweep is kept to a few points so that the whole demo stays
-    near 15 minutes on 2 cores.
+    near 15 minutes on 2 cores. The default LM protocol (8 × 128 calibration tokens, 2,048
+    evaluation tokens) is the validation grid's (``benchmarks/pih_grid.py``), so the demo's
+    sweep points can be read against the grid's.
     """
 
     pair: tuple[str, str]
@@ -132,9 +134,9 @@ def demo(
     ] = "fmnist-cnn",
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("out/demo"),
     study: Annotated[str, typer.Option(help="Study name in the store.")] = "demo",
-    max_tokens: Annotated[int, typer.Option(help="Evaluation tokens of Emma.")] = 4096,
-    calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 16,
-    calib_seqlen: Annotated[int, typer.Option(help="Tokens per calibration sample.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="Evaluation tokens of Emma.")] = 2048,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 8,
+    calib_seqlen: Annotated[int, typer.Option(help="Tokens per calibration sample.")] = 128,
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = "auto",
