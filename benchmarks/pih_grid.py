@@ -24,10 +24,10 @@ rank-deficient Hessian, which the solvers' dampening handles; the paper-protocol
 ``--calib-samples 128 --calib-seqlen 2048`` and a GPU. Vision: 128 training images, seed 0.
 Predictor (``pqorder.analysis.predictor``): for every point whose methods both work unit by unit,
 the sweep computes the local errors of both orders on the units of every ``--every``-th block
-(one calibration pass per part, then the unit solves; recomputed on a rerun, unlike the stored
-runs), scored as the rule "local errors", then the predictor's leave-one-family-out evaluation
-and its calibration. ``--write-prior`` saves the fit on all
-points as the prior ``pqorder recommend`` ships with.
+(one calibration pass per part, then the unit solves, while the workers run the orders; each
+quantizer's finished sweep is saved in the store, so a rerun reads it back), scored as the
+rule "local errors", then the predictor's leave-one-family-out evaluation and its calibration.
+``--write-prior`` saves the fit on all points as the prior ``pqorder recommend`` ships with.
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
 [--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README);
 ``--from-json lm.json vision.json [--write-prior]`` scores and fits the points of earlier runs
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+SAVED = "pih-grid sweep"  # analysis kind: one quantizer's finished sweep, read back on a rerun
 QUANTIZERS = ("rtn:group=128", "rtn:group=0", "gptq:group=128", "gptq:group=0")
 PARTS = {  # part → (model, pruners, ratios, quantizers, bits)
     "lm": (
@@ -75,7 +76,7 @@ PARTS = {  # part → (model, pruners, ratios, quantizers, bits)
 def run_part(part: str, args: argparse.Namespace) -> list:
     """Every point of one part, in the study ``pih-<part>`` of the store (resumed if there)."""
     from pqorder import api
-    from pqorder.analysis.sweep import run_sweep
+    from pqorder.analysis.sweep import SweepResult, run_sweep
     from pqorder.data.calibration import CalibrationSpec
     from pqorder.eval.perplexity import PerplexityProtocol
 
@@ -96,12 +97,22 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         workers=args.workers,
         ray_address=args.ray_address,
     )
+    saved = {
+        a["payload"]["key"]: a["payload"]["sweep"]
+        for a in study.store.analyses(study.name)
+        if a["kind"] == SAVED
+    }
     points = []
     for quantizer in quantizers:
         start = time.perf_counter()
-        result = run_sweep(
-            study, pruners, ratios, quantizer, bits, progress=not args.quiet, every=args.every
-        )
+        key = f"{quantizer} every={args.every} {study.protocol} {study.calibration}"
+        if key in saved:  # its runs are stored too; this keeps the local errors' solves
+            result = SweepResult.from_dict(saved[key])
+        else:
+            result = run_sweep(
+                study, pruners, ratios, quantizer, bits, progress=not args.quiet, every=args.every
+            )
+            study.store.put_analysis(study.name, SAVED, {"key": key, "sweep": result.to_dict()})
         points += result.points
         spend = study.spend
         print(
