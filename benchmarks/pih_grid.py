@@ -31,7 +31,8 @@ rule "local errors", then the predictor's leave-one-family-out evaluation and it
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
 [--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README);
 ``--from-json lm.json vision.json [--write-prior]`` scores and fits the points of earlier runs
-together (e.g. parts run in different sessions) without running anything.
+together (e.g. parts run in different sessions), ``--saved`` the sweeps a store holds so far
+(a grid still running or stopped), without running anything.
 """
 
 from __future__ import annotations
@@ -122,6 +123,22 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         )
     study.executor.close()  # the next part loads another model
     return points
+
+
+def saved_points(store: Path, parts: list[str]) -> list:
+    """The points of every quantizer sweep of ``parts`` saved in ``store`` so far (a grid still
+    running, or stopped, scored on what it has finished)."""
+    from pqorder.analysis.sweep import SweepResult
+    from pqorder.store import RunStore
+
+    db = RunStore(store)
+    return [
+        p
+        for part in parts
+        for a in db.analyses(f"pih-{part}")
+        if a["kind"] == SAVED
+        for p in SweepResult.from_dict(a["payload"]["sweep"]).points
+    ]
 
 
 def load_points(path: Path) -> list:
@@ -215,6 +232,11 @@ def main() -> None:
         default=None,
         help="score and fit the points of earlier runs' JSON files instead of running parts",
     )
+    parser.add_argument(
+        "--saved",
+        action="store_true",
+        help="score and fit the sweeps of --parts already saved in --store, running nothing",
+    )
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]
@@ -240,6 +262,11 @@ def main() -> None:
     if args.from_json:
         points = [p for f in args.from_json for p in load_points(f)]
         source = "pih_grid " + " + ".join(f.stem for f in args.from_json)
+    elif args.saved:
+        if not args.store.is_file():
+            parser.error(f"no such store: {args.store}")
+        points = saved_points(args.store, parts)
+        source = f"pih_grid {args.parts} (saved sweeps of {args.store.name})"
     else:
         points = [p for part in parts for p in run_part(part, args)]
         source = f"pih_grid {args.parts}"
