@@ -125,27 +125,38 @@ def run_part(part: str, args: argparse.Namespace) -> list:
     return points
 
 
-def saved_points(store: Path, parts: list[str]) -> list:
-    """The points of every quantizer sweep of ``parts`` saved in ``store`` so far (a grid still
+def saved_points(store: Path, part: str) -> list:
+    """The points of every quantizer sweep of ``part`` saved in ``store`` so far (a grid still
     running, or stopped, scored on what it has finished)."""
     from pqorder.analysis.sweep import SweepResult
     from pqorder.store import RunStore
 
-    db = RunStore(store)
     return [
         p
-        for part in parts
-        for a in db.analyses(f"pih-{part}")
+        for a in RunStore(store).analyses(f"pih-{part}")
         if a["kind"] == SAVED
         for p in SweepResult.from_dict(a["payload"]["sweep"]).points
     ]
 
 
-def load_points(path: Path) -> list:
-    """The sweep points an earlier run of this script wrote to its JSON file."""
+def kinds(by_part: dict[str, list]) -> dict[str, list[str]]:
+    """The parts of each model kind (the prior is fitted per kind)."""
+    from pqorder.models.loading import model_kind
+
+    found: dict[str, list[str]] = {}
+    for part in by_part:
+        found.setdefault(model_kind(PARTS[part][0]), []).append(part)
+    return found
+
+
+def load_points(path: Path) -> dict[str, list]:
+    """The sweep points per part that an earlier run of this script wrote to its JSON file."""
     from pqorder.analysis.sweep import SweepPoint
 
-    return [SweepPoint(**p) for p in json.loads(path.read_text())["points"]]
+    raw = json.loads(path.read_text())
+    if "parts" not in raw:
+        raise SystemExit(f"{path}: no points per part (written by an older pih_grid); rerun it")
+    return {part: [SweepPoint(**p) for p in pts] for part, pts in raw["parts"].items()}
 
 
 def plot(points: list, path: Path) -> None:
@@ -259,19 +270,21 @@ def main() -> None:
     from pqorder.analysis.validation import score_rules, scores_table
 
     start = time.perf_counter()
+    by_part: dict[str, list] = {}
     if args.from_json:
-        points = [p for f in args.from_json for p in load_points(f)]
+        for f in args.from_json:
+            for part, pts in load_points(f).items():
+                by_part.setdefault(part, []).extend(pts)
         source = "pih_grid " + " + ".join(f.stem for f in args.from_json)
     elif args.saved:
         if not args.store.is_file():
             parser.error(f"no such store: {args.store}")
-        points = saved_points(args.store, parts)
-        source = f"pih_grid {args.parts} (saved sweeps of {args.store.name})"
+        by_part = {part: saved_points(args.store, part) for part in parts}
+        source = f"pih_grid {args.parts}, saved sweeps of {args.store.name}"
     else:
-        points = [p for part in parts for p in run_part(part, args)]
+        by_part = {part: run_part(part, args) for part in parts}
         source = f"pih_grid {args.parts}"
-        if set(parts) - {"vision"}:
-            source += f" (LM calibration {args.calib_samples}x{args.calib_seqlen})"
+    points = [p for pts in by_part.values() for p in pts]
     evidence = sweep_evidence(points)
     scores = score_rules(points)
     table = scores_table(scores)
@@ -284,12 +297,19 @@ def main() -> None:
     fitted = fit(evidence, source)
     print(f"fit on all {fitted.points} points: slope {fitted.slope:.4g}, σ {fitted.sigma:.4g}")
     plot_predicted(evidence, fitted, args.plot.with_name(f"{args.plot.stem}-predicted.png"))
-    if args.write_prior:
-        print(f"prior: {fitted.save(PRIOR)}")
+    for kind, kind_parts in kinds(by_part).items():  # recommend reads the fit of its model kind
+        mine = sweep_evidence([p for part in kind_parts for p in by_part[part]])
+        if len(mine) < 3:
+            continue
+        lm = f" (calibration {args.calib_samples}x{args.calib_seqlen}, {args.max_tokens} tokens)"
+        own = fit(mine, f"pih_grid {'+'.join(kind_parts)}{lm if kind == 'causal-lm' else ''}")
+        print(f"fit on the {len(mine)} {kind} points: slope {own.slope:.4g}, σ {own.sigma:.4g}")
+        if args.write_prior:
+            print(f"prior for {kind} models: {own.save(PRIOR, kind)}")
     args.json.write_text(
         json.dumps(
             {
-                "points": [asdict(p) for p in points],
+                "parts": {part: [asdict(p) for p in pts] for part, pts in by_part.items()},
                 "scores": [asdict(s) for s in scores],
                 "evidence": [asdict(e) for e in evidence],
                 "held_out": [asdict(h) for h in held_out],

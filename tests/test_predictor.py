@@ -1,6 +1,7 @@
 """The order-advantage predictor: local errors of both orders, the fit, its honest evaluation,
 and `recommend` using it. Real SmolLM2 weights (first two blocks); 1,024 tokens of Emma."""
 
+import json
 import math
 
 import pytest
@@ -20,7 +21,7 @@ from pqorder.analysis.predictor import (
 )
 from pqorder.analysis.recommend import place_recovery
 from pqorder.data.calibration import CalibrationSpec
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, PqorderError
 from pqorder.eval.perplexity import PerplexityProtocol
 from pqorder.local_errors import (
     LocalOrderErrors,
@@ -117,7 +118,26 @@ def test_fit_predict_and_leave_one_family_out():
 def test_fit_round_trips(tmp_path):
     model = fit(_points(0.1), "synthetic")
     assert PredictorFit.load(model.save(tmp_path / "prior.json")) == model
+    assert PredictorFit.load(tmp_path / "prior.json", kind="vision") == model  # serves every kind
     assert PredictorFit.load(tmp_path / "missing.json") is None
+
+
+def test_priors_are_kept_per_model_kind(tmp_path):
+    lm, vision = fit(_points(0.1), "lm grid"), fit(_points(0.3), "vision grid")
+    path = lm.save(tmp_path / "prior.json", kind="causal-lm")
+    vision.save(path, kind="vision")  # added next to the LM fit, which stays
+    assert PredictorFit.load(path, kind="causal-lm") == lm
+    assert PredictorFit.load(path, kind="vision") == vision
+    assert PredictorFit.load(path, kind="encoder") is None  # no fit: the sign only
+    assert PredictorFit.load(path) is None
+    refit = fit(_points(0.2), "lm grid, finished")
+    refit.save(path, kind="causal-lm")
+    assert PredictorFit.load(path, kind="causal-lm") == refit
+    assert PredictorFit.load(path, kind="vision") == vision
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, "format": 9}))
+    with pytest.raises(PqorderError, match="predictor prior"):
+        PredictorFit.load(path, kind="vision")
 
 
 def test_recommend_follows_a_confident_prediction_and_names_the_cost_otherwise(study):

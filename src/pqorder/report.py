@@ -24,7 +24,7 @@ from pqorder.analysis.sweep import SweepResult, plot_sweep
 from pqorder.analysis.units import InterferenceResult, interference_table
 from pqorder.analysis.validation import score_rules, scores_table
 from pqorder.errors import PqorderError
-from pqorder.models.loading import CAVEATS
+from pqorder.models.loading import CAVEATS, model_kind
 from pqorder.models.zoo import trained_record
 from pqorder.store import RunStore, m_text, runs_table
 from pqorder.tables import cell
@@ -83,7 +83,7 @@ def _search_blocks(res: SearchResult) -> list[Block]:
     ]
 
 
-def _sweep_blocks(sweep: SweepResult, folder: Path) -> list[Block]:
+def _sweep_blocks(sweep: SweepResult, folder: Path, kind: str) -> list[Block]:
     image = plot_sweep(sweep, folder / "sweep.png")
     rho = ", ".join(f"{k}: {cell(v)}" for k, v in sweep.rho.items())
     blocks = [
@@ -94,7 +94,7 @@ def _sweep_blocks(sweep: SweepResult, folder: Path) -> list[Block]:
         Block("table", scores_table(score_rules(sweep.points))),
     ]
     evidence = sweep_evidence(sweep.points)
-    if evidence and (prior := PredictorFit.load()) is not None:
+    if evidence and (prior := PredictorFit.load(kind=kind)) is not None:
         scatter = plot_predicted(evidence, prior, folder / "sweep-predicted.png")
         blocks += [
             Block("p", f"Predicted against measured A(Q→P) (predictor fit: {prior.source})."),
@@ -245,7 +245,7 @@ def build_blocks(store: RunStore, study: str, folder: Path) -> list[Block]:
     if res := _latest(analyses, "search"):  # format-1 searches did not name their metric
         blocks += _search_blocks(SearchResult.from_dict(res, metric_name=metric))
     if sweep := _latest(analyses, "sweep"):
-        blocks += _sweep_blocks(SweepResult.from_dict(sweep), folder)
+        blocks += _sweep_blocks(SweepResult.from_dict(sweep), folder, model_kind(first.model))
     if grid := _latest(analyses, "grid"):
         blocks += _grid_blocks(PairGrid.from_dict(grid))
     if items := [a["payload"] for a in analyses if a["kind"] == "interference"]:

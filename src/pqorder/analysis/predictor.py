@@ -33,7 +33,7 @@ from pqorder.analysis.intensity import drop_scale
 from pqorder.analysis.sweep import SweepPoint, spearman
 from pqorder.analysis.validation import family_of, usable
 from pqorder.atomic import atomic_output
-from pqorder.errors import ConfigError
+from pqorder.errors import ConfigError, check_format
 from pqorder.local_errors import LocalOrderErrors, UnitSamples, local_order_errors
 from pqorder.methods.base import Method
 from pqorder.plotting import figure
@@ -41,6 +41,7 @@ from pqorder.study import Study
 from pqorder.tables import Table
 
 PRIOR = Path(__file__).with_name("predictor_prior.json")  # fitted on the validation grid
+PRIOR_FORMAT = 2  # {"format", "fits": {model kind: fit}}; a file of one bare fit is read too
 Z90 = 1.6449  # two-sided 90 % normal interval
 CONFIDENT = 0.9  # a sign probability at or above this is "confident"
 
@@ -84,17 +85,34 @@ class PredictorFit:
     def relative(self, log_ratio: float) -> float:
         return self.slope * log_ratio
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path, kind: str | None = None) -> Path:
+        """Write the fit to ``path``: alone (it then serves every model kind), or as the fit of
+        one model ``kind`` next to the other kinds' fits already in the file."""
+        if kind is None:
+            payload: dict = asdict(self)
+        else:
+            fits = _read(path).get("fits", {}) if path.is_file() else {}
+            payload = {"format": PRIOR_FORMAT, "fits": {**fits, kind: asdict(self)}}
         with atomic_output(path, directory=False) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+            tmp.write_text(json.dumps(payload, indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, path: Path = PRIOR) -> PredictorFit | None:
-        """The fit at ``path`` (the shipped prior by default); None when there is none."""
+    def load(cls, path: Path = PRIOR, kind: str | None = None) -> PredictorFit | None:
+        """The fit at ``path`` (the shipped prior by default) for models of ``kind``; None
+        when there is none (a file of one fit serves every kind)."""
         if not path.is_file():
             return None
-        return cls(**json.loads(path.read_text()))
+        raw = _read(path)
+        if "fits" not in raw:
+            return cls(**raw)
+        check_format("predictor prior", raw.get("format"), (PRIOR_FORMAT,))
+        found = raw["fits"].get(kind) if kind is not None else None
+        return cls(**found) if found is not None else None
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def fit(points: Sequence[PairEvidence], source: str) -> PredictorFit:

@@ -351,7 +351,8 @@ def recommend(
         ca, cb = report.methods[a].cer, report.methods[b].cer
         gaps.append(cb.value - ca.value if ca.in_range and cb.in_range else None)
     warnings = _warnings(report, steps, collapse_factor)
-    calls, notes = _pair_calls(study, steps, prior or PredictorFit.load(), every)
+    prior = prior or PredictorFit.load(kind=study.lm.kind)
+    calls, notes = _pair_calls(study, steps, prior, every)
     order = place_recovery(_predicted_order(rule, calls) + [s for s in steps if s not in rule])
     notes += [
         f"{s.label()} is a recovery step, not a compression: placed "
