@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from pqorder.store import RunStore
+
 SAVED = "pih-grid sweep"  # analysis kind: one quantizer's finished sweep, read back on a rerun
 QUANTIZERS = ("rtn:group=128", "rtn:group=0", "gptq:group=128", "gptq:group=0")
 PARTS = {  # part → (model, pruners, ratios, quantizers, bits)
@@ -98,11 +100,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         workers=args.workers,
         ray_address=args.ray_address,
     )
-    saved = {
-        a["payload"]["key"]: a["payload"]["sweep"]
-        for a in study.store.analyses(study.name)
-        if a["kind"] == SAVED
-    }
+    saved = saved_sweeps(study.store, part)
     points = []
     for quantizer in quantizers:
         start = time.perf_counter()
@@ -125,18 +123,24 @@ def run_part(part: str, args: argparse.Namespace) -> list:
     return points
 
 
+def saved_sweeps(store: RunStore, part: str) -> dict[str, dict]:
+    """The finished quantizer sweeps of ``part`` saved in ``store``, by their key (quantizer,
+    ``--every``, protocol, calibration)."""
+    return {
+        a["payload"]["key"]: a["payload"]["sweep"]
+        for a in store.analyses(f"pih-{part}")
+        if a["kind"] == SAVED
+    }
+
+
 def saved_points(store: Path, part: str) -> list:
     """The points of every quantizer sweep of ``part`` saved in ``store`` so far (a grid still
     running, or stopped, scored on what it has finished)."""
     from pqorder.analysis.sweep import SweepResult
     from pqorder.store import RunStore
 
-    return [
-        p
-        for a in RunStore(store).analyses(f"pih-{part}")
-        if a["kind"] == SAVED
-        for p in SweepResult.from_dict(a["payload"]["sweep"]).points
-    ]
+    sweeps = saved_sweeps(RunStore(store), part).values()
+    return [p for sweep in sweeps for p in SweepResult.from_dict(sweep).points]
 
 
 def kinds(by_part: dict[str, list]) -> dict[str, list[str]]:
@@ -185,8 +189,13 @@ def plot_families(points: list, path: Path) -> None:
     families = sorted({family_of(p) for p in points})
     with panels(path, len(families), 4, (4.2, 3.4)) as axes:
         for ax, family in zip(axes, families, strict=True):
-            mine = [p for p in points if family_of(p) == family and p.cer_gap is not None]
-            mine = [p for p in mine if p.advantage_q_first is not None]
+            mine = [
+                p
+                for p in points
+                if family_of(p) == family
+                and p.cer_gap is not None
+                and p.advantage_q_first is not None
+            ]
             for ratio in sorted({p.ratio for p in mine}):
                 line = sorted(
                     (p for p in mine if p.ratio == ratio and not p.collapse),
@@ -236,14 +245,15 @@ def main() -> None:
     parser.add_argument("--executor", choices=("local", "process", "ray"), default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--ray-address", default=None)
-    parser.add_argument(
+    scored = parser.add_mutually_exclusive_group()
+    scored.add_argument(
         "--from-json",
         type=Path,
         nargs="+",
         default=None,
         help="score and fit the points of earlier runs' JSON files instead of running parts",
     )
-    parser.add_argument(
+    scored.add_argument(
         "--saved",
         action="store_true",
         help="score and fit the sweeps of --parts already saved in --store, running nothing",

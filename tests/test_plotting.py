@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from pqorder.errors import ConfigError
 from pqorder.plotting import figure, panels
 
 
@@ -35,3 +38,7 @@ def test_panels_fill_rows_and_hide_the_unused_cells(tmp_path):
     with panels(tmp_path / "one.png", 1, 4) as axes:  # fewer panels than columns: one column
         assert len(axes) == 1
     assert tuple(axes[0].figure.get_size_inches()) == (6.4, 4.4)
+    none = tmp_path / "none.png"  # e.g. a grid of no points
+    with pytest.raises(ConfigError, match="at least one panel, got 0"), panels(none, 0):
+        pass
+    assert not none.exists()

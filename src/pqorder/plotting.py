@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pqorder.errors import ConfigError
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -27,6 +29,8 @@ def panels(
 ) -> Iterator[list[Axes]]:
     """``count`` axes in rows of ``columns``, each ``panel`` inches, saved like ``figure``
     (unused cells of the last row are hidden)."""
+    if count < 1:
+        raise ConfigError(f"a figure needs at least one panel, got {count}")
     import matplotlib
 
     matplotlib.use("Agg")
