@@ -27,7 +27,8 @@ the sweep computes the local errors of both orders on the units of every ``--eve
 (one calibration pass per part, then the unit solves, while the workers run the orders; each
 quantizer's finished sweep is saved in the store, so a rerun reads it back), scored as the
 rule "local errors", then the predictor's leave-one-family-out evaluation and its calibration.
-``--write-prior`` saves the fit on all points as the prior ``pqorder recommend`` ships with.
+``--write-prior`` saves the fit of each model kind (on its own parts) into the prior ``pqorder
+recommend`` ships with (its source names the setting the points were measured under).
 Run: python benchmarks/pih_grid.py [--parts lm,structured,vision] [--store runs.db]
 [--executor process|ray --workers N [--ray-address host:port]] (jobs in workers, see README);
 ``--from-json lm.json vision.json [--write-prior]`` scores and fits the points of earlier runs
@@ -47,6 +48,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from pqorder.data.calibration import CalibrationSpec
+    from pqorder.eval import Evaluator
     from pqorder.store import RunStore
 
 SAVED = "pih-grid sweep"  # analysis kind: one quantizer's finished sweep, read back on a rerun
@@ -76,24 +79,43 @@ PARTS = {  # part → (model, pruners, ratios, quantizers, bits)
 }
 
 
+def part_setting(part: str, args: argparse.Namespace) -> tuple[Evaluator, CalibrationSpec]:
+    """The protocol and calibration ``part`` is measured under with these flags (the vision
+    part: its model kind's defaults)."""
+    from pqorder.data.calibration import CalibrationSpec
+    from pqorder.eval.perplexity import PerplexityProtocol
+    from pqorder.eval.select import calibration_for, protocol_for
+    from pqorder.models.loading import model_kind
+
+    model = PARTS[part][0]
+    if model_kind(model) == "vision":
+        return protocol_for(model), calibration_for(model)
+    protocol = PerplexityProtocol("austen:emma", 512, args.max_tokens, 4)
+    return protocol, CalibrationSpec("austen:pride", args.calib_samples, args.calib_seqlen, 0)
+
+
+def sweep_key(quantizer: str, part: str, args: argparse.Namespace) -> str:
+    """What a saved sweep is found by: quantizer, ``--every`` and the part's setting."""
+    protocol, calibration = part_setting(part, args)
+    return f"{quantizer} every={args.every} {protocol} {calibration}"
+
+
+def setting_label(part: str, args: argparse.Namespace) -> str:
+    """The part's setting in a line, for the source of a prior fitted on it."""
+    protocol, c = part_setting(part, args)
+    return f"calibration {c.n_samples}x{c.seqlen} of {c.source}, seed {c.seed}; {protocol}"
+
+
 def run_part(part: str, args: argparse.Namespace) -> list:
     """Every point of one part, in the study ``pih-<part>`` of the store (resumed if there)."""
     from pqorder import api
     from pqorder.analysis.sweep import SweepResult, run_sweep
-    from pqorder.data.calibration import CalibrationSpec
-    from pqorder.eval.perplexity import PerplexityProtocol
 
     model, pruners, ratios, quantizers, bits = PARTS[part]
-    if model == "fmnist-cnn":
-        protocol, calibration = None, None  # the model kind's defaults
-    else:
-        protocol = PerplexityProtocol("austen:emma", 512, args.max_tokens, 4)
-        calibration = CalibrationSpec("austen:pride", args.calib_samples, args.calib_seqlen, 0)
     study = api.open_study(
         model,
         f"pih-{part}",
-        protocol,
-        calibration,
+        *part_setting(part, args),
         args.store,
         progress=not args.quiet,
         executor=args.executor,
@@ -104,7 +126,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
     points = []
     for quantizer in quantizers:
         start = time.perf_counter()
-        key = f"{quantizer} every={args.every} {study.protocol} {study.calibration}"
+        key = sweep_key(quantizer, part, args)
         if key in saved:  # its runs are stored too; this keeps the local errors' solves
             result = SweepResult.from_dict(saved[key])
         else:
@@ -133,14 +155,15 @@ def saved_sweeps(store: RunStore, part: str) -> dict[str, dict]:
     }
 
 
-def saved_points(store: Path, part: str) -> list:
-    """The points of every quantizer sweep of ``part`` saved in ``store`` so far (a grid still
-    running, or stopped, scored on what it has finished)."""
+def saved_points(store: Path, part: str, args: argparse.Namespace) -> list:
+    """The points of every quantizer sweep of ``part`` saved in ``store`` so far under this
+    setting (a grid still running, or stopped, scored on what it has finished)."""
     from pqorder.analysis.sweep import SweepResult
     from pqorder.store import RunStore
 
-    sweeps = saved_sweeps(RunStore(store), part).values()
-    return [p for sweep in sweeps for p in SweepResult.from_dict(sweep).points]
+    sweeps = saved_sweeps(RunStore(store), part)
+    keys = [sweep_key(q, part, args) for q in PARTS[part][3]]
+    return [p for k in keys if k in sweeps for p in SweepResult.from_dict(sweeps[k]).points]
 
 
 def kinds(by_part: dict[str, list]) -> dict[str, list[str]]:
@@ -153,14 +176,17 @@ def kinds(by_part: dict[str, list]) -> dict[str, list[str]]:
     return found
 
 
-def load_points(path: Path) -> dict[str, list]:
-    """The sweep points per part that an earlier run of this script wrote to its JSON file."""
+def load_points(path: Path) -> tuple[dict[str, list], dict[str, str]]:
+    """The sweep points per part that an earlier run of this script wrote to its JSON file,
+    and the setting each part was measured under."""
     from pqorder.analysis.sweep import SweepPoint
 
     raw = json.loads(path.read_text())
     if "parts" not in raw:
         raise SystemExit(f"{path}: no points per part (written by an older pih_grid); rerun it")
-    return {part: [SweepPoint(**p) for p in pts] for part, pts in raw["parts"].items()}
+    points = {part: [SweepPoint(**p) for p in pts] for part, pts in raw["parts"].items()}
+    settings = raw.get("settings", {})
+    return points, {part: settings.get(part, "setting not recorded") for part in points}
 
 
 def plot(points: list, path: Path) -> None:
@@ -281,19 +307,30 @@ def main() -> None:
 
     start = time.perf_counter()
     by_part: dict[str, list] = {}
+    settings: dict[str, set[str]] = {}
     if args.from_json:
         for f in args.from_json:
-            for part, pts in load_points(f).items():
+            points, labels = load_points(f)
+            for part, pts in points.items():
                 by_part.setdefault(part, []).extend(pts)
+                settings.setdefault(part, set()).add(labels[part])
         source = "pih_grid " + " + ".join(f.stem for f in args.from_json)
-    elif args.saved:
-        if not args.store.is_file():
-            parser.error(f"no such store: {args.store}")
-        by_part = {part: saved_points(args.store, part) for part in parts}
-        source = f"pih_grid {args.parts}, saved sweeps of {args.store.name}"
     else:
-        by_part = {part: run_part(part, args) for part in parts}
-        source = f"pih_grid {args.parts}"
+        if args.saved and not args.store.is_file():
+            parser.error(f"no such store: {args.store}")
+        for part in parts:
+            by_part[part] = (
+                saved_points(args.store, part, args) if args.saved else run_part(part, args)
+            )
+            settings[part] = {setting_label(part, args)}
+            if args.saved and not by_part[part]:
+                parser.error(
+                    f"{args.store} holds no finished sweep of part {part} under "
+                    f"{setting_label(part, args)}, --every {args.every}"
+                )
+        source = f"pih_grid {args.parts}" + (
+            f", saved sweeps of {args.store.name}" if args.saved else ""
+        )
     points = [p for pts in by_part.values() for p in pts]
     evidence = sweep_evidence(points)
     scores = score_rules(points)
@@ -311,8 +348,8 @@ def main() -> None:
         mine = sweep_evidence([p for part in kind_parts for p in by_part[part]])
         if len(mine) < 3:
             continue
-        lm = f" (calibration {args.calib_samples}x{args.calib_seqlen}, {args.max_tokens} tokens)"
-        own = fit(mine, f"pih_grid {'+'.join(kind_parts)}{lm if kind == 'causal-lm' else ''}")
+        measured = "; ".join(sorted(set().union(*(settings[part] for part in kind_parts))))
+        own = fit(mine, f"pih_grid {'+'.join(kind_parts)} ({measured})")
         print(f"fit on the {len(mine)} {kind} points: slope {own.slope:.4g}, σ {own.sigma:.4g}")
         if args.write_prior:
             print(f"prior for {kind} models: {own.save(PRIOR, kind)}")
@@ -320,6 +357,7 @@ def main() -> None:
         json.dumps(
             {
                 "parts": {part: [asdict(p) for p in pts] for part, pts in by_part.items()},
+                "settings": {part: "; ".join(sorted(labels)) for part, labels in settings.items()},
                 "scores": [asdict(s) for s in scores],
                 "evidence": [asdict(e) for e in evidence],
                 "held_out": [asdict(h) for h in held_out],
