@@ -1,0 +1,129 @@
+"""What the order predictor misses: leave-one-family-out over the validation grid's points with
+other feature sets than the shipped one (the local errors' log ratio x, a line through the
+origin).
+
+Features, all available before running both orders: x (``pqorder.local_errors``); the
+quantizer's share of the damage q = (M_dense − M_Q) / s, from the runs of each method alone
+that intensity already needs; a constant (an intercept). Each set is fitted by least squares
+of r = A(Q→P) / s on every pair family but one and scored on the held-out family (sign right,
+Spearman ρ of predicted and measured A), as ``pqorder.analysis.predictor`` scores the shipped
+one. Then the measured order by bit-width and by quantizer share: where the order follows the
+methods' strengths and where it does not.
+
+Run: python benchmarks/pih_features.py --json pih-grid.json --store pih-grid.db [--parts lm]
+(the JSON and the store ``benchmarks/pih_grid.py`` wrote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pqorder.analysis.sweep import SweepPoint, spearman
+from pqorder.analysis.validation import family_of, usable
+from pqorder.pipeline import parse_step
+from pqorder.store import RunStore
+from pqorder.tables import Table
+
+Feature = Callable[[SweepPoint, float], float]  # (point, quantizer share) → value
+FEATURES: dict[str, Feature] = {
+    "x": lambda p, q: p.local_log_ratio,
+    "q": lambda p, q: q,
+    "1": lambda p, q: 1.0,
+}
+SETS = (("x",), ("x", "1"), ("x", "q"), ("x", "q", "1"), ("q", "1"))
+
+
+def shares(points: Sequence[SweepPoint], store: RunStore, part: str) -> dict[int, float]:
+    """The quantizer's share of s for every point whose single-method runs are stored."""
+    alone = {r.pipeline: r.metric for r in store.query(study=f"pih-{part}") if r.n_steps <= 1}
+    dense = alone.get("dense")
+    found = {}
+    for i, p in enumerate(points):
+        q = alone.get(parse_step(p.quant).to_text())
+        if dense is not None and q is not None and p.scale:
+            found[i] = (dense - q) / p.scale
+    return found
+
+
+def held_out(points: Sequence[SweepPoint], share: Sequence[float], names: Sequence[str]) -> tuple:
+    """Sign accuracy and ρ of the feature set ``names``, leaving one family out at a time."""
+    x = np.array([[FEATURES[n](p, s) for n in names] for p, s in zip(points, share, strict=True)])
+    r = np.array([p.advantage_q_first / p.scale for p in points])
+    families = [family_of(p) for p in points]
+    predicted = np.zeros(len(points))
+    for family in set(families):
+        test = np.array([f == family for f in families])
+        weights, *_ = np.linalg.lstsq(x[~test], r[~test], rcond=None)
+        predicted[test] = x[test] @ weights
+    measured = [p.advantage_q_first for p in points]
+    a_hat = predicted * np.array([p.scale for p in points])
+    right = float(np.mean((predicted > 0) == (r > 0)))
+    return right, spearman(list(a_hat), measured)
+
+
+def by(points: Sequence[SweepPoint], keys: Sequence[object], title: str, column: str) -> Table:
+    """How often each order won, per value of ``keys``."""
+    rows = []
+    for key in sorted(set(keys)):
+        mine = [p for p, k in zip(points, keys, strict=True) if k == key]
+        first = sum(p.advantage_q_first < 0 for p in mine) / len(mine)
+        rows.append((key, len(mine), first, 1 - first))
+    return Table(title, (column, "points", "prune first won", "quantize first won"), tuple(rows))
+
+
+def band(share: float, width: float = 0.2) -> str:
+    """The band of ``width`` a quantizer share falls in (shares above 1 in the last one)."""
+    low = width * min(int(share // width), int(1 / width) - 1)
+    return f"{low:.1f}–{low + width:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--parts", default="lm")
+    args = parser.parse_args()
+    for path in (args.json, args.store):
+        if not path.is_file():
+            parser.error(f"no such file: {path}")
+    raw = json.loads(args.json.read_text())["parts"]
+    points: list[SweepPoint] = []
+    share: list[float] = []
+    for part in args.parts.split(","):
+        if part not in raw:
+            parser.error(f"{args.json} has no part {part}; it has {', '.join(raw)}")
+        mine = [
+            p
+            for p in (SweepPoint(**d) for d in raw[part])
+            if usable(p) and p.local_log_ratio is not None and (p.scale or 0) > 0
+        ]
+        found = shares(mine, RunStore(args.store), part)
+        points += [p for i, p in enumerate(mine) if i in found]
+        share += [found[i] for i in range(len(mine)) if i in found]
+    if len({family_of(p) for p in points}) < 2:
+        parser.error(f"leaving one family out needs two families; {args.parts} has fewer")
+    rows = tuple(
+        (" + ".join(names), len(points), *held_out(points, share, names)) for names in SETS
+    )
+    tables = (
+        Table(
+            f"Leave one family out, {args.parts} ({len({family_of(p) for p in points})} families)",
+            ("features", "points", "sign right", "ρ(pred A, A)"),
+            rows,
+        ),
+        by(points, [p.bits for p in points], "Measured order by bit-width", "bits"),
+        by(points, [p.ratio for p in points], "Measured order by pruning ratio", "ratio"),
+        by(points, [band(s) for s in share], "Measured order by the quantizer's share", "q"),
+    )
+    for table in tables:
+        print(f"\n{table.title}\n")
+        print("\n".join(table.markdown()))
+
+
+if __name__ == "__main__":
+    main()
