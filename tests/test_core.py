@@ -57,6 +57,17 @@ def test_sweep_keeps_a_pruner_setting_in_every_stored_run(digits, tmp_path):
         assert parse_step(text).config.damp == 0.05, run.pipeline
 
 
+def test_two_settings_of_one_pruner_are_two_pruners_of_a_sweep(digits, tmp_path):
+    study = Study(digits, DIGITS, CALIB, RunStore(tmp_path / "runs.sqlite"), name="two")
+    pruners = ["sparsegpt", "sparsegpt:damp=0.05"]
+    result = api.sweep(study, pruners, [0.3], "rtn", [4])
+    assert [p.prune for p in result.points] == pruners  # neither setting overwrote the other
+    for point in result.points:
+        p = parse_step(point.prune, {"ratio": point.ratio})
+        ran = study.evaluate((p, parse_step(point.quant)))
+        assert point.value_prune_then_quant == ran.value  # the point is its own pruner's
+
+
 def test_nested_settings_fail_as_one_line():
     with pytest.raises(ConfigError) as err:
         parse_step("quarot:group=-1")

@@ -157,8 +157,8 @@ def run_sweep(
         base_p = parse_step(text, {"ratio": ratios[0]})
         if base_p.family != "prune":
             raise ConfigError(f"'{text}' is not a pruning method")
-        for r in ratios:
-            prune_steps[(base_p.name, r)] = base_p.with_settings(ratio=r)
+        for r in ratios:  # keyed by the text: two settings of one method are two pruners
+            prune_steps[(text, r)] = base_p.with_settings(ratio=r)
     q_steps = {b: base_q.with_settings(bits=b) for b in bits}
     options = options or CurveOptions(quantizer=quantizer, bits=tuple(sorted(set(bits) | {3, 8})))
     pairs = [(p, q) for p in prune_steps.values() for q in q_steps.values()]
