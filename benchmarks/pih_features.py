@@ -7,8 +7,9 @@ quantizer's share of the damage q = (M_dense − M_Q) / s, from the runs of each
 that intensity already needs; a constant (an intercept). Each set is fitted by least squares
 of r = A(Q→P) / s on every pair family but one and scored on the held-out family (sign right,
 Spearman ρ of predicted and measured A), as ``pqorder.analysis.predictor`` scores the shipped
-one. Then the measured order by bit-width and by quantizer share: where the order follows the
-methods' strengths and where it does not.
+one. Then each rule's hit rate where the two orders differ by at least a margin, and the
+measured order by bit-width, ratio and quantizer share: where the order follows the methods'
+strengths and where it does not.
 
 Run: python benchmarks/pih_features.py --json pih-grid.json --store pih-grid.db [--parts lm]
 (the JSON and the store ``benchmarks/pih_grid.py`` wrote).
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pqorder.analysis.sweep import SweepPoint, spearman
-from pqorder.analysis.validation import family_of, usable
+from pqorder.analysis.validation import RULES, family_of, predicts_quantize_first, usable
 from pqorder.pipeline import parse_step
 from pqorder.store import RunStore
 from pqorder.tables import Table
@@ -76,6 +77,31 @@ def by(points: Sequence[SweepPoint], keys: Sequence[object], title: str, column:
     return Table(title, (column, "points", "prune first won", "quantize first won"), tuple(rows))
 
 
+def by_margin(points: Sequence[SweepPoint], margins: Sequence[float]) -> Table:
+    """Each rule's hit rate over the points where the two orders differ by at least a margin
+    (|A| over the better order's value): does a rule fail where the order matters?"""
+    rows = []
+    for margin in margins:
+        mine = [
+            p
+            for p in points
+            if abs(p.advantage_q_first)
+            >= margin * min(abs(p.value_prune_then_quant), abs(p.value_quant_then_prune))
+        ]
+        hits = [
+            sum(predicts_quantize_first(rule, p) == (p.advantage_q_first > 0) for p in mine)
+            for rule in RULES
+        ]
+        rows.append(
+            (f"≥ {margin:.1%}", len(mine), *(h / len(mine) if mine else None for h in hits))
+        )
+    return Table(
+        "Hit rates where the orders differ by at least a margin",
+        ("margin", "points", *RULES),
+        tuple(rows),
+    )
+
+
 def band(share: float, width: float = 0.2) -> str:
     """The band of ``width`` a quantizer share falls in (shares above 1 in the last one)."""
     low = width * min(int(share // width), int(1 / width) - 1)
@@ -116,6 +142,7 @@ def main() -> None:
             ("features", "points", "sign right", "ρ(pred A, A)"),
             rows,
         ),
+        by_margin(points, (0.0, 0.005, 0.01, 0.02, 0.05)),
         by(points, [p.bits for p in points], "Measured order by bit-width", "bits"),
         by(points, [p.ratio for p in points], "Measured order by pruning ratio", "ratio"),
         by(points, [band(s) for s in share], "Measured order by the quantizer's share", "q"),
