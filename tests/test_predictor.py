@@ -111,6 +111,7 @@ def test_fit_predict_and_leave_one_family_out():
         sum(v >= 0.01 for v in sizes),
     ]
     assert by_size.rows[-1][0] == "≥ 0.01" and by_size.rows[-1][2] == 1.0  # wrong only when tiny
+    assert model.prune_first == sum(p.advantage < 0 for p in points) / len(points)
     with pytest.raises(ConfigError, match="at least 3"):
         fit(points[:2], "too few")
 
@@ -150,9 +151,11 @@ def test_recommend_follows_a_confident_prediction_and_names_the_cost_otherwise(s
     first = "rtn" if x > 0 else "sparsegpt"
     assert rec.order[0].startswith(first) and rec.verdict == "confident: use this order"
     assert sorted(rec.rule_order) == sorted(rec.order)
-    unsure = PredictorFit(slope=1.0, sigma=100.0, points=10, source="test")
+    assert not any("base rate" in w for w in rec.warnings)  # a fit without one says nothing
+    unsure = PredictorFit(slope=1.0, sigma=100.0, points=10, source="test", prune_first=0.7)
     rec = api.recommend(study, steps, CURVE, prior=unsure, every=1)
     assert rec.verdict == "uncertain: run `pqorder search` (costs 2 evaluations)"
+    assert "pruning first was the better order at 70% of the 10 pairs" in " ".join(rec.warnings)
     three = ["sleb:blocks=1,keep_last=0", "magnitude:ratio=0.3", "rtn:bits=3,group=64"]
     rec = api.recommend(study, three, CURVE, prior=sure, every=1)
     assert any("no predictor for sleb" in w for w in rec.warnings)

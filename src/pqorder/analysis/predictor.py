@@ -75,12 +75,14 @@ def sweep_evidence(points: Sequence[SweepPoint]) -> list[PairEvidence]:
 
 @dataclass(frozen=True)
 class PredictorFit:
-    """r ≈ slope · x with residual spread σ, fitted on ``points`` measured pairs."""
+    """r ≈ slope · x with residual spread σ, fitted on ``points`` measured pairs; with the
+    base rate of the constant rule "prune first" on them, which a prediction has to beat."""
 
     slope: float
     sigma: float
     points: int
     source: str  # what it was fitted on (grid, protocol)
+    prune_first: float | None = None  # share of those pairs where pruning first was better
 
     def relative(self, log_ratio: float) -> float:
         return self.slope * log_ratio
@@ -125,7 +127,7 @@ def fit(points: Sequence[PairEvidence], source: str) -> PredictorFit:
     slope = float(x @ r / max(float(x @ x), 1e-30))
     residual = r - slope * x
     sigma = math.sqrt(float(residual @ residual) / (len(kept) - 1)) or 1e-12
-    return PredictorFit(slope, sigma, len(kept), source)
+    return PredictorFit(slope, sigma, len(kept), source, float(np.mean(r < 0)))
 
 
 @dataclass(frozen=True)
