@@ -1,18 +1,18 @@
 """What the order predictor misses: leave-one-family-out over the validation grid's points with
-other feature sets than the shipped one (the local errors' log ratio x, a line through the
-origin).
+feature sets around the shipped one (x and q below, no intercept).
 
 Features, all available before running both orders: x (``pqorder.local_errors``); the
 quantizer's share of the damage q = (M_dense − M_Q) / s, from the runs of each method alone
-that intensity already needs; a constant (an intercept). Each set is fitted by least squares
-of r = A(Q→P) / s on every pair family but one and scored on the held-out family (sign right,
-Spearman ρ of predicted and measured A), as ``pqorder.analysis.predictor`` scores the shipped
-one. Then each rule's hit rate where the two orders differ by at least a margin, and the
-measured order by bit-width, ratio and quantizer share: where the order follows the methods'
-strengths and where it does not.
+that intensity already needs (the shipped predictor reads x and q); a constant (an intercept).
+Each set is fitted by least squares of r = A(Q→P) / s on every pair family but one and scored
+on the held-out family (sign right, Spearman ρ of predicted and measured A), as
+``pqorder.analysis.predictor`` scores the shipped one. Then each rule's hit rate where the two
+orders differ by at least a margin, what following each rule cost, and the measured order by
+bit-width, ratio and quantizer share: where the order follows the methods' strengths and where
+it does not.
 
-Run: python benchmarks/pih_features.py --json pih-grid.json --store pih-grid.db [--parts lm]
-(the JSON and the store ``benchmarks/pih_grid.py`` wrote).
+Run: python benchmarks/pih_features.py --json pih-grid.json [--parts lm] (the points
+``benchmarks/pih_grid.py`` wrote, with their quantizer shares).
 """
 
 from __future__ import annotations
@@ -26,34 +26,19 @@ import numpy as np
 
 from pqorder.analysis.sweep import SweepPoint, spearman
 from pqorder.analysis.validation import RULES, family_of, predicts_quantize_first, usable
-from pqorder.pipeline import parse_step
-from pqorder.store import RunStore
 from pqorder.tables import Table
 
-Feature = Callable[[SweepPoint, float], float]  # (point, quantizer share) → value
-FEATURES: dict[str, Feature] = {
-    "x": lambda p, q: p.local_log_ratio,
-    "q": lambda p, q: q,
-    "1": lambda p, q: 1.0,
+FEATURES: dict[str, Callable[[SweepPoint], float]] = {
+    "x": lambda p: p.local_log_ratio,
+    "q": lambda p: p.quant_share,
+    "1": lambda p: 1.0,
 }
 SETS = (("x",), ("x", "1"), ("x", "q"), ("x", "q", "1"), ("q", "1"))
 
 
-def shares(points: Sequence[SweepPoint], store: RunStore, part: str) -> dict[int, float]:
-    """The quantizer's share of s for every point whose single-method runs are stored."""
-    alone = {r.pipeline: r.metric for r in store.query(study=f"pih-{part}") if r.n_steps <= 1}
-    dense = alone.get("dense")
-    found = {}
-    for i, p in enumerate(points):
-        q = alone.get(parse_step(p.quant).to_text())
-        if dense is not None and q is not None and p.scale:
-            found[i] = (dense - q) / p.scale
-    return found
-
-
-def held_out(points: Sequence[SweepPoint], share: Sequence[float], names: Sequence[str]) -> tuple:
+def held_out(points: Sequence[SweepPoint], names: Sequence[str]) -> tuple:
     """Sign accuracy and ρ of the feature set ``names``, leaving one family out at a time."""
-    x = np.array([[FEATURES[n](p, s) for n in names] for p, s in zip(points, share, strict=True)])
+    x = np.array([[FEATURES[n](p) for n in names] for p in points])
     r = np.array([p.advantage_q_first / p.scale for p in points])
     families = [family_of(p) for p in points]
     predicted = np.zeros(len(points))
@@ -102,8 +87,28 @@ def by_margin(points: Sequence[SweepPoint], margins: Sequence[float]) -> Table:
     )
 
 
+def lost(points: Sequence[SweepPoint]) -> Table:
+    """Each rule's share of Σ|A| at the points where it picked the worse order ("A lost")."""
+    total = sum(abs(p.advantage_q_first) for p in points)
+    rows = tuple(
+        (
+            rule,
+            sum(
+                abs(p.advantage_q_first)
+                for p in points
+                if predicts_quantize_first(rule, p) != (p.advantage_q_first > 0)
+            )
+            / total,
+        )
+        for rule in RULES
+    )
+    return Table("What following each rule cost", ("rule", "A lost"), rows)
+
+
 def band(share: float, width: float = 0.2) -> str:
     """The band of ``width`` a quantizer share falls in (shares above 1 in the last one)."""
+    if share < 0:
+        return "< 0 (quantizer helped)"
     low = width * min(int(share // width), int(1 / width) - 1)
     return f"{low:.1f}–{low + width:.1f}"
 
@@ -111,31 +116,26 @@ def band(share: float, width: float = 0.2) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--parts", default="lm")
     args = parser.parse_args()
-    for path in (args.json, args.store):
-        if not path.is_file():
-            parser.error(f"no such file: {path}")
+    if not args.json.is_file():
+        parser.error(f"no such file: {args.json}")
     raw = json.loads(args.json.read_text())["parts"]
     points: list[SweepPoint] = []
-    share: list[float] = []
     for part in args.parts.split(","):
         if part not in raw:
             parser.error(f"{args.json} has no part {part}; it has {', '.join(raw)}")
-        mine = [
+        points += [
             p
             for p in (SweepPoint(**d) for d in raw[part])
-            if usable(p) and p.local_log_ratio is not None and (p.scale or 0) > 0
+            if usable(p)
+            and p.local_log_ratio is not None
+            and (p.scale or 0) > 0
+            and p.quant_share is not None
         ]
-        found = shares(mine, RunStore(args.store), part)
-        points += [p for i, p in enumerate(mine) if i in found]
-        share += [found[i] for i in range(len(mine)) if i in found]
     if len({family_of(p) for p in points}) < 2:
         parser.error(f"leaving one family out needs two families; {args.parts} has fewer")
-    rows = tuple(
-        (" + ".join(names), len(points), *held_out(points, share, names)) for names in SETS
-    )
+    rows = tuple((" + ".join(names), len(points), *held_out(points, names)) for names in SETS)
     tables = (
         Table(
             f"Leave one family out, {args.parts} ({len({family_of(p) for p in points})} families)",
@@ -143,9 +143,15 @@ def main() -> None:
             rows,
         ),
         by_margin(points, (0.0, 0.005, 0.01, 0.02, 0.05)),
+        lost(points),
         by(points, [p.bits for p in points], "Measured order by bit-width", "bits"),
         by(points, [p.ratio for p in points], "Measured order by pruning ratio", "ratio"),
-        by(points, [band(s) for s in share], "Measured order by the quantizer's share", "q"),
+        by(
+            points,
+            [band(p.quant_share) for p in points],
+            "Measured order by the quantizer's share",
+            "q",
+        ),
     )
     for table in tables:
         print(f"\n{table.title}\n")

@@ -134,7 +134,7 @@ def run_part(part: str, args: argparse.Namespace) -> list:
                 study, pruners, ratios, quantizer, bits, progress=not args.quiet, every=args.every
             )
             study.store.put_analysis(study.name, SAVED, {"key": key, "sweep": result.to_dict()})
-        points += result.points
+        points += with_shares(result.points, study.store, part, args)
         spend = study.spend
         print(
             f"{part} × {quantizer}: {len(result.points)} points in "
@@ -155,15 +155,40 @@ def saved_sweeps(store: RunStore, part: str) -> dict[str, dict]:
     }
 
 
+def with_shares(points: list, store: RunStore, part: str, args: argparse.Namespace) -> list:
+    """The points, those of sweeps saved before the quantizer's share was recorded given it
+    from the store's runs of the dense model and of the quantizer alone (same setting)."""
+    from dataclasses import replace
+
+    from pqorder.eval import protocol_dict
+
+    protocol, calibration = part_setting(part, args)
+    alone = {
+        r.pipeline: r.metric
+        for r in store.query(model=PARTS[part][0], status="ok")
+        if r.n_steps <= 1
+        and r.protocol == protocol_dict(protocol)
+        and r.calibration in (None, asdict(calibration))
+    }
+    return [
+        replace(p, quant_share=(alone["dense"] - alone[p.quant]) / p.scale)
+        if p.quant_share is None and p.scale and p.quant in alone
+        else p
+        for p in points
+    ]
+
+
 def saved_points(store: Path, part: str, args: argparse.Namespace) -> list:
     """The points of every quantizer sweep of ``part`` saved in ``store`` so far under this
     setting (a grid still running, or stopped, scored on what it has finished)."""
     from pqorder.analysis.sweep import SweepResult
     from pqorder.store import RunStore
 
-    sweeps = saved_sweeps(RunStore(store), part)
+    runs = RunStore(store)
+    sweeps = saved_sweeps(runs, part)
     keys = [sweep_key(q, part, args) for q in PARTS[part][3]]
-    return [p for k in keys if k in sweeps for p in SweepResult.from_dict(sweeps[k]).points]
+    points = [p for k in keys if k in sweeps for p in SweepResult.from_dict(sweeps[k]).points]
+    return with_shares(points, runs, part, args)
 
 
 def kinds(by_part: dict[str, list]) -> dict[str, list[str]]:

@@ -73,14 +73,20 @@ def test_local_errors_are_the_engines_weights_scored_on_dense_statistics(study):
         local_order_errors(samples, parse_step("sleb:blocks=1"), quant)
 
 
+SHARE_SLOPE = -0.05  # the synthetic points' dependence on the quantizer's share
+
+
 def _points(slope: float, family_count: int = 3, per: int = 8) -> list[PairEvidence]:
-    """Synthetic evidence on a known line r = slope · x with alternating noise."""
+    """Synthetic evidence on a known plane r = slope · x + SHARE_SLOPE · q with alternating
+    noise."""
     out = []
     for f in range(family_count):
         for i in range(per):
             x = (i - per / 2 + 0.5) / per + 0.03 * f
+            q = (i * 3 % per) / per
             noise = 0.004 * (1 if i % 2 else -1)
-            out.append(PairEvidence(f"fam{f}", x, 2.0, 2.0 * (slope * x + noise)))
+            r = slope * x + SHARE_SLOPE * q + noise
+            out.append(PairEvidence(f"fam{f}", x, 2.0, 2.0 * r, q))
     return out
 
 
@@ -88,14 +94,20 @@ def test_fit_predict_and_leave_one_family_out():
     points = _points(0.2)
     model = fit(points, "synthetic")
     assert model.slope == pytest.approx(0.2, abs=0.01)
+    assert model.share_slope == pytest.approx(SHARE_SLOPE, abs=0.01)
     assert 0 < model.sigma < 0.01
     strong = LocalOrderErrors(0.02, 0.01, 14, 0, 0.1)  # x = log 2 > 0: quantize first
-    pred = predict(strong, 3.0, model)
+    pred = predict(strong, 3.0, 0.5, model)
+    r = 0.2 * math.log(2) + SHARE_SLOPE * 0.5
+    assert model.relative(math.log(2), 0.5) == pytest.approx(r, abs=0.01)
     assert pred.quant_first and pred.low < pred.advantage < pred.high
-    assert pred.advantage == pytest.approx(3.0 * model.relative(math.log(2)))
-    assert pred.confidence == pytest.approx(normal_cdf(model.relative(math.log(2)) / model.sigma))
+    assert pred.advantage == pytest.approx(3.0 * model.relative(math.log(2), 0.5))
+    expected = normal_cdf(model.relative(math.log(2), 0.5) / model.sigma)
+    assert pred.confidence == pytest.approx(expected)
     assert pred.confident
-    unfitted = predict(strong, 3.0, None)
+    # a quantizer doing all the damage pulls towards pruning first
+    assert model.relative(0.0, 1.0) < 0 < model.relative(0.1, 0.0)
+    unfitted = predict(strong, 3.0, 0.5, None)
     assert unfitted.quant_first and unfitted.confidence is None and "sign only" in unfitted.basis
     held = leave_one_family_out(points)
     assert [h.family for h in held] == ["fam0", "fam1", "fam2"]
@@ -121,6 +133,11 @@ def test_fit_round_trips(tmp_path):
     assert PredictorFit.load(model.save(tmp_path / "prior.json")) == model
     assert PredictorFit.load(tmp_path / "prior.json", kind="vision") == model  # serves every kind
     assert PredictorFit.load(tmp_path / "missing.json") is None
+    older = tmp_path / "older.json"  # written before the share and the base rate were kept
+    older.write_text(json.dumps({"slope": 1.6, "sigma": 0.4, "points": 46, "source": "grid"}))
+    read = PredictorFit.load(older)
+    assert read.share_slope == 0.0 and read.prune_first is None
+    assert read.relative(0.5, 0.9) == pytest.approx(0.8)  # the line of x alone, as fitted
 
 
 def test_priors_are_kept_per_model_kind(tmp_path):

@@ -2,16 +2,19 @@
 
 The evidence a user has paid for anyway is each method alone (intensity needs it) and one
 calibration pass. From the latter, ``pqorder.local_errors`` applies both orders unit
-by unit and gives x = log(e_P→Q / e_Q→P). The predictor reads the relative advantage
+by unit and gives x = log(e_P→Q / e_Q→P); from the former comes the quantizer's share of the
+damage q = (M_dense − M_Q) / s. The predictor reads the relative advantage
 
     r = A(Q→P) / s,   s = (M_dense − M_P) + (M_dense − M_Q)   (the drops of the methods alone)
 
-as r ≈ slope · x, with Gaussian residuals of spread σ fitted on measured pairs (the validation
-grid, ``benchmarks/pih_grid.py``). The line goes through the origin: equal local errors favour
-neither order (an intercept fitted on some families is a constant rule in disguise, and on the
-grid it lowered the held-out accuracy). So A(Q→P) ≈ s · r, with the interval
-s · (r ± z σ), and P(Q→P is better) = Φ(r / σ). Dividing by s puts pairs of different
-strength and models with different metrics on one scale.
+as r ≈ a · x + b · q, with Gaussian residuals of spread σ fitted on measured pairs (the
+validation grid, ``benchmarks/pih_grid.py``). No intercept: equal local errors and a harmless
+quantizer favour neither order (an intercept fitted on some families is a constant rule in
+disguise). The share is the intensity signal weaker first reads, learnt instead of assumed:
+on SmolLM2's grid b < 0 (the more of the damage the quantizer does, the better pruning first),
+and adding it raised the held-out ρ from 0.32 to 0.52 (``benchmarks/pih_features.py``). So
+A(Q→P) ≈ s · r, with the interval s · (r ± z σ), and P(Q→P is better) = Φ(r / σ). Dividing
+by s puts pairs of different strength and models with different metrics on one scale.
 
 Without a fit the sign of x still predicts the order, but no confidence can be given. A pair
 with a model-level method (rotation, block removal, coupled heads/channels) has no local
@@ -58,6 +61,7 @@ class PairEvidence:
     log_ratio: float  # x = log(e_P→Q / e_Q→P)
     scale: float  # s = drop of P alone + drop of Q alone, in M units (> 0)
     advantage: float | None = None  # measured A(Q→P), when known
+    quant_share: float = 0.0  # q = drop of Q alone / s
 
     @property
     def relative(self) -> float | None:
@@ -65,27 +69,33 @@ class PairEvidence:
 
 
 def sweep_evidence(points: Sequence[SweepPoint]) -> list[PairEvidence]:
-    """The evidence of every usable sweep point that has local errors and a positive scale."""
+    """The evidence of every usable sweep point that has local errors, a positive scale and
+    its quantizer's share."""
     return [
-        PairEvidence(family_of(p), p.local_log_ratio, p.scale, p.advantage_q_first)
+        PairEvidence(family_of(p), p.local_log_ratio, p.scale, p.advantage_q_first, p.quant_share)
         for p in points
-        if usable(p) and p.local_log_ratio is not None and (p.scale or 0.0) > 0
+        if usable(p)
+        and p.local_log_ratio is not None
+        and (p.scale or 0.0) > 0
+        and p.quant_share is not None
     ]
 
 
 @dataclass(frozen=True)
 class PredictorFit:
-    """r ≈ slope · x with residual spread σ, fitted on ``points`` measured pairs; with the
-    base rate of the constant rule "prune first" on them, which a prediction has to beat."""
+    """r ≈ slope · x + share_slope · q with residual spread σ, fitted on ``points`` measured
+    pairs; with the base rate of the constant rule "prune first" on them, which a prediction
+    has to beat. (Fits saved before the share was a feature read with share_slope 0.)"""
 
     slope: float
     sigma: float
     points: int
     source: str  # what it was fitted on (grid, protocol)
     prune_first: float | None = None  # share of those pairs where pruning first was better
+    share_slope: float = 0.0
 
-    def relative(self, log_ratio: float) -> float:
-        return self.slope * log_ratio
+    def relative(self, log_ratio: float, quant_share: float) -> float:
+        return self.slope * log_ratio + self.share_slope * quant_share
 
     def save(self, path: Path, kind: str | None = None) -> Path:
         """Write the fit to ``path``: alone (it then serves every model kind), or as the fit of
@@ -118,16 +128,17 @@ def _read(path: Path) -> dict:
 
 
 def fit(points: Sequence[PairEvidence], source: str) -> PredictorFit:
-    """Least squares of r on x through the origin over measured pairs (at least three)."""
+    """Least squares of r on (x, q) without intercept over measured pairs (at least three)."""
     kept = [p for p in points if p.relative is not None and p.scale > 0]
     if len(kept) < 3:
         raise ConfigError(f"a predictor needs at least 3 measured pairs to fit, got {len(kept)}")
-    x = np.array([p.log_ratio for p in kept])
+    features = np.array([(p.log_ratio, p.quant_share) for p in kept])
     r = np.array([p.relative for p in kept])
-    slope = float(x @ r / max(float(x @ x), 1e-30))
-    residual = r - slope * x
-    sigma = math.sqrt(float(residual @ residual) / (len(kept) - 1)) or 1e-12
-    return PredictorFit(slope, sigma, len(kept), source, float(np.mean(r < 0)))
+    (slope, share_slope), *_ = np.linalg.lstsq(features, r, rcond=None)
+    residual = r - features @ (slope, share_slope)
+    sigma = math.sqrt(float(residual @ residual) / (len(kept) - 2)) or 1e-12
+    base = float(np.mean(r < 0))
+    return PredictorFit(float(slope), sigma, len(kept), source, base, float(share_slope))
 
 
 @dataclass(frozen=True)
@@ -163,13 +174,16 @@ class Prediction:
         return cls(**{**raw, "local": None if local is None else LocalOrderErrors(**local)})
 
 
-def predict(local: LocalOrderErrors, scale: float, prior: PredictorFit | None) -> Prediction:
-    """A(Q→P) from the local errors and the drops of the methods alone (``scale``)."""
+def predict(
+    local: LocalOrderErrors, scale: float, quant_share: float, prior: PredictorFit | None
+) -> Prediction:
+    """A(Q→P) from the local errors, the drops of the methods alone (``scale``) and the
+    quantizer's share of them."""
     x = local.log_ratio
     if prior is None or scale <= 0:
         why = "no fit" if prior is None else "the methods alone do not worsen the metric"
         return Prediction(None, None, None, None, x > 0, f"local errors ({why}: sign only)", local)
-    r = prior.relative(x)
+    r = prior.relative(x, quant_share)
     half = Z90 * prior.sigma
     p = normal_cdf(r / prior.sigma)
     basis = f"local errors (fit: {prior.source}, {prior.points} pairs)"
@@ -180,10 +194,10 @@ def predict_pair(
     study: Study, samples: UnitSamples, prune: Method, quant: Method, prior: PredictorFit | None
 ) -> Prediction:
     """The predicted A(Q→P) of one pair on ``study``'s model (both methods unit-wise)."""
-    runs = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
-    scale = drop_scale(*runs)
-    local = local_order_errors(samples, prune, quant)
-    return predict(local, scale or 0.0, prior)
+    dense, alone_p, alone_q = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
+    scale = drop_scale(dense, alone_p, alone_q) or 0.0
+    share = (dense.metric - alone_q.metric) / scale if scale > 0 else 0.0
+    return predict(local_order_errors(samples, prune, quant), scale, share, prior)
 
 
 # -- honest evaluation --------------------------------------------------------------------
@@ -212,7 +226,7 @@ def leave_one_family_out(points: Sequence[PairEvidence]) -> list[HeldOut]:
         if len(train) < 3 or not test:
             continue
         model = fit(train, f"all families but {family}")
-        r_hat = [model.relative(p.log_ratio) for p in test]
+        r_hat = [model.relative(p.log_ratio, p.quant_share) for p in test]
         out.append(
             HeldOut(
                 family,
@@ -226,17 +240,29 @@ def leave_one_family_out(points: Sequence[PairEvidence]) -> list[HeldOut]:
 
 
 def held_out_table(results: Sequence[HeldOut]) -> Table:
-    """Per held-out family and over all of them: sign accuracy and ρ(predicted A, A)."""
+    """Per held-out family and over all of them: sign accuracy, ρ(predicted A, A) and the
+    share of Σ|A| at the points where the predicted order was the worse one ("A lost": what
+    following it would have cost, against the best order everywhere)."""
     rows = []
     for name, group in [(h.family, [h]) for h in results] + [("all (held out)", list(results))]:
         predicted = [a for h in group for a in h.predicted]
         measured = [a for h in group for a in h.measured]
         right = [r for h in group for r in h.right]
+        lost = sum(abs(m) for m, r in zip(measured, right, strict=True) if not r)
+        total = sum(abs(m) for m in measured)
         if right:
-            rows.append((name, len(right), sum(right) / len(right), spearman(predicted, measured)))
+            rows.append(
+                (
+                    name,
+                    len(right),
+                    sum(right) / len(right),
+                    spearman(predicted, measured),
+                    lost / total if total else None,
+                )
+            )
     return Table(
         "predictor, leave one family out",
-        ("held-out family", "points", "sign right", "ρ(pred A, A)"),
+        ("held-out family", "points", "sign right", "ρ(pred A, A)", "A lost"),
         tuple(rows),
     )
 
@@ -293,7 +319,7 @@ def plot_predicted(points: Sequence[PairEvidence], prior: PredictorFit, path: Pa
     with figure(path, (6.5, 5)) as ax:
         for family in sorted({p.family for p in points}):
             kept = [p for p in points if p.family == family and p.advantage is not None]
-            predicted = [p.scale * prior.relative(p.log_ratio) for p in kept]
+            predicted = [p.scale * prior.relative(p.log_ratio, p.quant_share) for p in kept]
             ax.errorbar(
                 predicted,
                 [p.advantage for p in kept],

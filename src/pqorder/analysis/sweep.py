@@ -34,8 +34,9 @@ from pqorder.store import Direction, m_text, v1_direction
 from pqorder.study import Study
 from pqorder.tables import Table
 
-# version of SweepResult.to_dict (2: no singles or local errors; 1: also no direction; read too)
-FORMAT = 3
+# version of SweepResult.to_dict (3: no quantizer share; 2: no singles or local errors; 1: also
+# no direction; all read too)
+FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class SweepPoint:
     prune_stronger: bool | None = None  # P alone scores worse than Q alone (None: a run failed)
     scale: float | None = None  # (M_dense − M_P) + (M_dense − M_Q), the predictor's scale
     local_log_ratio: float | None = None  # log(e_P→Q / e_Q→P) (``local_errors``), unit methods
+    quant_share: float | None = None  # (M_dense − M_Q) / scale: the quantizer's part of the damage
 
     @property
     def cer_gap(self) -> float | None:
@@ -99,7 +101,7 @@ class SweepResult:
     @classmethod
     def from_dict(cls, raw: dict) -> SweepResult:
         """Read ``to_dict``'s form or format 1 (its direction is the one perplexity implied)."""
-        version = check_format("sweep result", raw.get("format", 1), (1, 2, FORMAT))
+        version = check_format("sweep result", raw.get("format", 1), (1, 2, 3, FORMAT))
         metric = raw.get("metric", "perplexity")  # format 1 written before metrics had names
         direction = raw["direction"] if version > 1 else v1_direction(metric)
         points = [
@@ -185,6 +187,7 @@ def run_sweep(
                 q_run = study.evaluate((q,))  # on the reference curve: a stored run
                 stronger = p_run.metric < q_run.metric if p_run.ok and q_run.ok else None
                 scale = drop_scale(dense, p_run, q_run)
+                share = (dense.metric - q_run.metric) / scale if scale else None
                 local = local_ratios.get((p.to_text(), q.to_text()))
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
@@ -207,6 +210,7 @@ def run_sweep(
                         stronger,
                         scale,
                         local,
+                        share,
                     )
                 )
                 bar.update()
