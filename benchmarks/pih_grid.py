@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from pqorder.analysis.predictor import PredictorFit
     from pqorder.data.calibration import CalibrationSpec
     from pqorder.eval import Evaluator
     from pqorder.store import RunStore
@@ -214,6 +215,14 @@ def load_points(path: Path) -> tuple[dict[str, list], dict[str, str]]:
     return points, {part: settings.get(part, "setting not recorded") for part in points}
 
 
+def described(fit: PredictorFit) -> str:
+    """A fit's numbers in a line."""
+    return (
+        f"r = {fit.slope:.4g}·x {fit.share_slope:+.4g}·q, σ {fit.sigma:.4g}; "
+        f"prune first better at {fit.prune_first:.1%} of its pairs"
+    )
+
+
 def plot(points: list, path: Path) -> None:
     """A(Q→P) against the CER gap, one colour per pair family."""
     from pqorder.analysis.validation import family_of, usable
@@ -367,7 +376,7 @@ def main() -> None:
         print(f"\n{t.title}\n")
         print("\n".join(t.markdown()))
     fitted = fit(evidence, source)
-    print(f"fit on all {fitted.points} points: slope {fitted.slope:.4g}, σ {fitted.sigma:.4g}")
+    print(f"fit on all {fitted.points} points: {described(fitted)}")
     plot_predicted(evidence, fitted, args.plot.with_name(f"{args.plot.stem}-predicted.png"))
     for kind, kind_parts in kinds(by_part).items():  # recommend reads the fit of its model kind
         mine = sweep_evidence([p for part in kind_parts for p in by_part[part]])
@@ -375,7 +384,7 @@ def main() -> None:
             continue
         measured = "; ".join(sorted(set().union(*(settings[part] for part in kind_parts))))
         own = fit(mine, f"pih_grid {'+'.join(kind_parts)} ({measured})")
-        print(f"fit on the {len(mine)} {kind} points: slope {own.slope:.4g}, σ {own.sigma:.4g}")
+        print(f"fit on the {len(mine)} {kind} points: {described(own)}")
         if args.write_prior:
             print(f"prior for {kind} models: {own.save(PRIOR, kind)}")
     args.json.write_text(
