@@ -150,7 +150,7 @@ class Prediction:
     high: float | None
     p_quant_first: float | None  # P(Q→P is better); None without a fit
     quant_first: bool  # the predicted better order
-    basis: str  # "local errors", "local errors (no fit: sign only)" or the fallback reason
+    basis: str  # "local errors and quantizer share (fit …)", "local errors (no fit: sign only)"
     local: LocalOrderErrors | None = None
 
     @property
@@ -186,7 +186,7 @@ def predict(
     r = prior.relative(x, quant_share)
     half = Z90 * prior.sigma
     p = normal_cdf(r / prior.sigma)
-    basis = f"local errors (fit: {prior.source}, {prior.points} pairs)"
+    basis = f"local errors and quantizer share (fit on {prior.points} pairs)"
     return Prediction(scale * r, scale * (r - half), scale * (r + half), p, r > 0, basis, local)
 
 

@@ -281,11 +281,13 @@ def _pair_calls(
             calls.append(PairCall(p.to_text(), q.to_text(), prediction))
     if calls and prior is None:
         notes.append("the predictor has no fit (no prior): it gives the order but no confidence")
-    elif calls and prior.prune_first is not None:
-        notes.append(
-            f"base rate: pruning first was the better order at {prior.prune_first:.0%} of the "
-            f"{prior.points} pairs the predictor was fitted on ({prior.source})"
+    elif calls:
+        base = (
+            ""
+            if prior.prune_first is None
+            else f"; pruning first was the better order at {prior.prune_first:.0%} of them"
         )
+        notes.append(f"predictor fit: {prior.points} pairs of {prior.source}{base}")
     notes += [
         f"no predictor for {s.label()} (family {s.family}: it predicts pruning × quantization "
         f"pairs only); weaker first places it"
