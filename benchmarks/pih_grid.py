@@ -371,19 +371,23 @@ def main() -> None:
     table = scores_table(scores)
     print(f"\n{table.title} (grid took {time.perf_counter() - start:.0f} s)\n")
     print("\n".join(table.markdown()))
-    held_out = leave_one_family_out(evidence)
-    for t in (held_out_table(held_out), calibration_table(held_out), magnitude_table(held_out)):
-        print(f"\n{t.title}\n")
-        print("\n".join(t.markdown()))
-    fitted = fit(evidence, source)
-    print(f"fit on all {fitted.points} points: {described(fitted)}")
-    plot_predicted(evidence, fitted, args.plot.with_name(f"{args.plot.stem}-predicted.png"))
+    held_out = leave_one_family_out(evidence) if len(evidence) >= 3 else []
+    if not held_out:  # model-level methods only (block removal, coupled structures)
+        print(f"\nno predictor fit: {len(evidence)} points have local errors")
+    else:
+        for t in (held_out_table(held_out), calibration_table(held_out), magnitude_table(held_out)):
+            print(f"\n{t.title}\n")
+            print("\n".join(t.markdown()))
+        fitted = fit(evidence, source)
+        print(f"fit on all {fitted.points} points: {described(fitted)}")
+        plot_predicted(evidence, fitted, args.plot.with_name(f"{args.plot.stem}-predicted.png"))
     for kind, kind_parts in kinds(by_part).items():  # recommend reads the fit of its model kind
-        mine = sweep_evidence([p for part in kind_parts for p in by_part[part]])
+        used = [part for part in kind_parts if sweep_evidence(by_part[part])]
+        mine = sweep_evidence([p for part in used for p in by_part[part]])
         if len(mine) < 3:
             continue
-        measured = "; ".join(sorted(set().union(*(settings[part] for part in kind_parts))))
-        own = fit(mine, f"pih_grid {'+'.join(kind_parts)} ({measured})")
+        measured = "; ".join(sorted(set().union(*(settings[part] for part in used))))
+        own = fit(mine, f"pih_grid {'+'.join(used)} ({measured})")
         print(f"fit on the {len(mine)} {kind} points: {described(own)}")
         if args.write_prior:
             print(f"prior for {kind} models: {own.save(PRIOR, kind)}")
