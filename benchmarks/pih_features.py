@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pqorder.analysis.predictor import predictable
 from pqorder.analysis.sweep import SweepPoint, spearman
-from pqorder.analysis.validation import RULES, family_of, predicts_quantize_first, usable
+from pqorder.analysis.validation import RULES, family_of, predicts_quantize_first
 from pqorder.tables import Table
 
 FEATURES: dict[str, Callable[[SweepPoint], float]] = {
@@ -125,14 +126,7 @@ def main() -> None:
     for part in args.parts.split(","):
         if part not in raw:
             parser.error(f"{args.json} has no part {part}; it has {', '.join(raw)}")
-        points += [
-            p
-            for p in (SweepPoint(**d) for d in raw[part])
-            if usable(p)
-            and p.local_log_ratio is not None
-            and (p.scale or 0) > 0
-            and p.quant_share is not None
-        ]
+        points += [p for p in (SweepPoint(**d) for d in raw[part]) if predictable(p)]
     if len({family_of(p) for p in points}) < 2:
         parser.error(f"leaving one family out needs two families; {args.parts} has fewer")
     rows = tuple((" + ".join(names), len(points), *held_out(points, names)) for names in SETS)

@@ -130,12 +130,13 @@ def run_part(part: str, args: argparse.Namespace) -> list:
         key = sweep_key(quantizer, part, args)
         if key in saved:  # its runs are stored too; this keeps the local errors' solves
             result = SweepResult.from_dict(saved[key])
+            result.points = with_shares(result.points, study.store, part, args)
         else:
             result = run_sweep(
                 study, pruners, ratios, quantizer, bits, progress=not args.quiet, every=args.every
             )
             study.store.put_analysis(study.name, SAVED, {"key": key, "sweep": result.to_dict()})
-        points += with_shares(result.points, study.store, part, args)
+        points += result.points
         spend = study.spend
         print(
             f"{part} × {quantizer}: {len(result.points)} points in "
@@ -161,19 +162,20 @@ def with_shares(points: list, store: RunStore, part: str, args: argparse.Namespa
     from the store's runs of the dense model and of the quantizer alone (same setting)."""
     from dataclasses import replace
 
+    from pqorder.analysis.intensity import quant_share
     from pqorder.eval import protocol_dict
 
     protocol, calibration = part_setting(part, args)
     alone = {
-        r.pipeline: r.metric
+        r.pipeline: r
         for r in store.query(model=PARTS[part][0], status="ok")
         if r.n_steps <= 1
         and r.protocol == protocol_dict(protocol)
         and r.calibration in (None, asdict(calibration))
     }
     return [
-        replace(p, quant_share=(alone["dense"] - alone[p.quant]) / p.scale)
-        if p.quant_share is None and p.scale and p.quant in alone
+        replace(p, quant_share=quant_share(alone["dense"], alone[p.quant], p.scale))
+        if p.quant_share is None and p.quant in alone
         else p
         for p in points
     ]

@@ -175,3 +175,9 @@ def drop_scale(dense: Measurement, p: Measurement, q: Measurement) -> float | No
     if not (dense.ok and p.ok and q.ok):
         return None
     return 2 * dense.metric - p.metric - q.metric
+
+
+def quant_share(dense: Measurement, q: Measurement, scale: float | None) -> float | None:
+    """q = (M_dense − M_Q) / s: the quantizer's part of the two methods' damage (None without
+    a scale)."""
+    return (dense.metric - q.metric) / scale if scale else None

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pqorder.analysis.intensity import drop_scale
+from pqorder.analysis.intensity import drop_scale, quant_share
 from pqorder.analysis.sweep import SweepPoint, spearman
 from pqorder.analysis.validation import family_of, usable
 from pqorder.atomic import atomic_output
@@ -68,16 +68,23 @@ class PairEvidence:
         return None if self.advantage is None else self.advantage / self.scale
 
 
-def sweep_evidence(points: Sequence[SweepPoint]) -> list[PairEvidence]:
-    """The evidence of every usable sweep point that has local errors, a positive scale and
-    its quantizer's share."""
-    return [
-        PairEvidence(family_of(p), p.local_log_ratio, p.scale, p.advantage_q_first, p.quant_share)
-        for p in points
-        if usable(p)
+def predictable(p: SweepPoint) -> bool:
+    """Whether a sweep point is evidence: usable, with local errors, a positive scale and its
+    quantizer's share."""
+    return (
+        usable(p)
         and p.local_log_ratio is not None
         and (p.scale or 0.0) > 0
         and p.quant_share is not None
+    )
+
+
+def sweep_evidence(points: Sequence[SweepPoint]) -> list[PairEvidence]:
+    """The evidence of every predictable sweep point."""
+    return [
+        PairEvidence(family_of(p), p.local_log_ratio, p.scale, p.advantage_q_first, p.quant_share)
+        for p in points
+        if predictable(p)
     ]
 
 
@@ -196,7 +203,7 @@ def predict_pair(
     """The predicted A(Q→P) of one pair on ``study``'s model (both methods unit-wise)."""
     dense, alone_p, alone_q = study.dense_run(), study.evaluate((prune,)), study.evaluate((quant,))
     scale = drop_scale(dense, alone_p, alone_q) or 0.0
-    share = (dense.metric - alone_q.metric) / scale if scale > 0 else 0.0
+    share = quant_share(dense, alone_q, scale) or 0.0  # unread when the scale is not positive
     return predict(local_order_errors(samples, prune, quant), scale, share, prior)
 
 

@@ -22,6 +22,7 @@ from pqorder.analysis.intensity import (
     CurveOptions,
     collapsed,
     drop_scale,
+    quant_share,
     reference_curve,
     reference_steps,
 )
@@ -187,7 +188,7 @@ def run_sweep(
                 q_run = study.evaluate((q,))  # on the reference curve: a stored run
                 stronger = p_run.metric < q_run.metric if p_run.ok and q_run.ok else None
                 scale = drop_scale(dense, p_run, q_run)
-                share = (dense.metric - q_run.metric) / scale if scale else None
+                share = quant_share(dense, q_run, scale)
                 local = local_ratios.get((p.to_text(), q.to_text()))
                 pq, qp = study.evaluate((p, q)), study.evaluate((q, p))
                 adv = qp.metric - pq.metric if pq.ok and qp.ok else None
